@@ -1,0 +1,278 @@
+"""Train the lossless predictor: six integer-exact MLPs (diag/edge pass x plane).
+
+Contexts are extracted with ``pillow_nic.interlace`` (the codec's own code), so
+training sees exactly what the decoder sees.  Phase 1 trains in float; phase 2
+is quantisation-aware (integer weights, floored activations, half-level means,
+table-row scales, straight-through gradients) so the exported integer network
+codes at the rate training reports.  Data: ../shared/data/train plus the extra
+Debian photos; never Kodak.
+
+    python onnx_models/training/train_lossless.py --config onnx_models/training/lossless_v1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from pillow_nic import interlace  # noqa: E402
+from pillow_nic.colour import rgb_to_ycocg  # noqa: E402
+from pillow_nic.lossless_model import KINDS, PLANES, SCALE_BINS, SCALE_MIN, SCALE_STEP, model_key  # noqa: E402
+
+HIDDEN_CLIP = 255
+ACT_BITS = 4           # hidden activations carry 4 fractional bits: real range [0, 16)
+INPUT_SCALE = 1 / 64   # float-phase reparametrisation of the first layer
+
+
+def list_images(dirs: list[str]) -> list[Path]:
+    files = []
+    for d in dirs:
+        files += sorted(p for p in Path(os.path.expanduser(d)).glob("*.png"))
+    return files
+
+
+def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator) -> dict:
+    """Per model key: (features int16 (n, F), residual targets int16 (n,))."""
+    pools: dict[str, tuple[list, list]] = {model_key(k, c): ([], []) for k in KINDS for c in range(PLANES)}
+    for path in files:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = rng.uniform(0.5, 1.0)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
+            arr = np.asarray(im)
+        for _ in range(max(1, (arr.shape[0] * arr.shape[1]) // (crop * crop * 2))):
+            y0 = rng.integers(0, max(1, arr.shape[0] - crop + 1))
+            x0 = rng.integers(0, max(1, arr.shape[1] - crop + 1))
+            planes = rgb_to_ycocg(arr[y0:y0 + crop, x0:x0 + crop])
+            h, w = planes[0].shape
+            for p in interlace.passes(h, w):
+                ctx = interlace.PassContext(p)
+                sel = None
+                for c, plane in enumerate(planes):
+                    feats, base = ctx.features(plane)
+                    if sel is None:
+                        sel = rng.random(len(base)) < keep
+                    target = interlace.target_values(plane, p) - base
+                    fl, tl = pools[model_key(p.kind, c)]
+                    fl.append(feats[sel].astype(np.int16))
+                    tl.append(target[sel].astype(np.int16))
+                    ctx.add_coded(plane)
+    return {k: (np.concatenate(f), np.concatenate(t)) for k, (f, t) in pools.items()}
+
+
+def ste_floor(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.floor(x) - x).detach()
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def weight_exponent(w: torch.Tensor) -> int:
+    """Largest e with max|w| * 2**e <= 127: the weight grid of a layer."""
+    m = float(w.abs().max())
+    return int(math.floor(math.log2(127 / m))) if m > 0 else 0
+
+
+class Predictor(torch.nn.Module):
+    """MLP with a capped ReLU; ``quantised=True`` runs the integer contract (STE)."""
+
+    def __init__(self, n_in: int, hidden: list[int]):
+        super().__init__()
+        sizes = [n_in] + hidden + [2]
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        with torch.no_grad():
+            self.layers[-1].bias.copy_(torch.tensor([0.0, 1.0]))
+
+    def weights(self):
+        for i, layer in enumerate(self.layers):
+            w = layer.weight.t() * (INPUT_SCALE if i == 0 else 1.0)
+            yield w, layer.bias
+
+    def forward(self, x: torch.Tensor, quantised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x
+        act_exp = 0  # grid of h is 2**-act_exp
+        n = len(self.layers)
+        for i, (w, b) in enumerate(self.weights()):
+            if quantised:
+                e = weight_exponent(w.detach())
+                w = ste_round(w * 2 ** e) / 2 ** e
+                b = ste_round(b * 2 ** (e + act_exp)) / 2 ** (e + act_exp)
+            z = h @ w + b
+            if i < n - 1:
+                top = HIDDEN_CLIP / 2 ** ACT_BITS
+                h = torch.clamp(z, 0, top)
+                if quantised:
+                    h = torch.clamp(ste_floor(z * 2 ** ACT_BITS) / 2 ** ACT_BITS, 0, top)
+                act_exp = ACT_BITS
+            else:
+                h = z
+        mean, log_scale = h[:, 0], h[:, 1]
+        if quantised:
+            mean = ste_floor(mean * 2 + 0.5) / 2
+            idx = torch.clamp(ste_floor((log_scale - SCALE_MIN) / SCALE_STEP), 0, SCALE_BINS - 1)
+            log_scale = SCALE_MIN + (idx + 0.5) * SCALE_STEP
+        else:
+            log_scale = torch.clamp(log_scale, SCALE_MIN, SCALE_MIN + SCALE_BINS * SCALE_STEP)
+        return mean, log_scale
+
+
+def logistic_bits(target: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """-log2 P(target) under a discretised logistic (unit bins)."""
+    inv = torch.exp(-log_scale)
+    hi = (target - mean + 0.5) * inv
+    lo = (target - mean - 0.5) * inv
+    # log(sigmoid(hi) - sigmoid(lo)), stable: log_sigmoid(hi) + log1p(-exp(lo - hi)) - softplus(lo)...
+    log_p = torch.log(torch.clamp(torch.sigmoid(hi) - torch.sigmoid(lo), min=1e-12))
+    return -log_p / math.log(2)
+
+
+def to_int_layers(model: Predictor) -> list[dict]:
+    """The exported integer network (see pillow_nic.intnet)."""
+    layers = []
+    act_exp = 0
+    n = len(model.layers)
+    with torch.no_grad():
+        for i, (w, b) in enumerate(model.weights()):
+            e = weight_exponent(w)
+            wi = torch.round(w * 2 ** e)
+            grid = e + act_exp
+            if i < n - 1:
+                bi = torch.round(b * 2 ** grid)
+                shift = grid - ACT_BITS
+                layers.append(dict(weight=wi.numpy(), bias=bi.numpy(), shift=shift, clip_max=HIDDEN_CLIP))
+                act_exp = ACT_BITS
+            else:
+                # column 0: mean in half levels, rounded: floor(2*z + 0.5)
+                # column 1: table row: floor((z - SCALE_MIN) / SCALE_STEP), SCALE_STEP = 2**-k
+                k = -int(round(math.log2(SCALE_STEP)))
+                assert grid >= k + 1, "output grid too coarse"
+                shift = np.array([grid - 1, grid - k])
+                b0 = torch.round(b[0] * 2 ** grid) + 2 ** (grid - 2)
+                b1 = torch.round((b[1] - SCALE_MIN) * 2 ** grid)
+                layers.append(dict(weight=wi.numpy(), bias=np.array([b0, b1], dtype=np.float32),
+                                   shift=shift, clip_max=None))
+    return layers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--run-dir", default=None)
+    args = ap.parse_args()
+    cfg = json.loads(Path(args.config).read_text())
+    torch.set_num_threads(cfg.get("threads", 1))
+    run_dir = Path(args.run_dir or ROOT / "onnx_models/training/runs" / cfg["name"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    log = open(run_dir / "log.jsonl", "a")
+
+    files = list_images(cfg["data"])
+    val_files = files[:: cfg["val_every"]]
+    train_files = [f for f in files if f not in val_files]
+    t0 = time.time()
+    cache = run_dir / "pools.npz"
+    if cache.exists():
+        z = np.load(cache)
+        keys = {name[:-2] for name in z.files if name.endswith("/f")}
+        train = {k: (z[k + "/f"], z[k + "/t"]) for k in keys}
+        val = {k[4:]: v for k, v in train.items() if k.startswith("val:")}
+        train = {k: v for k, v in train.items() if not k.startswith("val:")}
+    else:
+        train = extract(train_files, cfg["crop"], cfg["keep"], rng)
+        val = extract(val_files, cfg["crop"], cfg["keep"], rng)
+        np.savez(cache, **{f"{k}/f": v[0] for k, v in train.items()}, **{f"{k}/t": v[1] for k, v in train.items()},
+                 **{f"val:{k}/f": v[0] for k, v in val.items()}, **{f"val:{k}/t": v[1] for k, v in val.items()})
+    print(f"data: {len(train_files)} train / {len(val_files)} val images, "
+          f"{sum(len(v[1]) for v in train.values())} samples, {time.time() - t0:.0f}s", flush=True)
+
+    models = {k: Predictor(train[k][0].shape[1], cfg["hidden"]) for k in train}
+    params = [p for m in models.values() for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg["lr"])
+    step = 0
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt)
+        for k, m in models.items():
+            m.load_state_dict(state["models"][k])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+
+    total = cfg["steps"]
+    qat_from = int(total * cfg["qat_fraction_start"])
+    weights = {k: len(v[1]) for k, v in train.items()}
+
+    def evaluate(quantised: bool) -> float:
+        """Estimated bits per RGB pixel on the validation pools."""
+        bits_per_plane = {c: [0.0, 0] for c in range(PLANES)}
+        with torch.no_grad():
+            for k, m in models.items():
+                f, t = val[k]
+                x = torch.from_numpy(f.astype(np.float32))
+                mean, ls = m(x, quantised)
+                b = logistic_bits(torch.from_numpy(t.astype(np.float32)), mean, ls).sum().item()
+                c = int(k[-1])
+                bits_per_plane[c][0] += b
+                bits_per_plane[c][1] += len(t)
+        return sum(b / n for b, n in bits_per_plane.values())
+
+    t_start = time.time()
+    last_ckpt = time.time()
+    while step < total:
+        quantised = step >= qat_from
+        frac = step / total
+        lr = cfg["lr"] * (1.0 if frac < cfg["decay_from"] else max(0.01, (1 - frac) / (1 - cfg["decay_from"])))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        loss_total = 0.0
+        for k, m in models.items():
+            f, t = train[k]
+            idx = rng.integers(0, len(t), cfg["batch"])
+            x = torch.from_numpy(f[idx].astype(np.float32))
+            y = torch.from_numpy(t[idx].astype(np.float32))
+            mean, ls = m(x, quantised)
+            loss = logistic_bits(y, mean, ls).mean() * (weights[k] / max(weights.values()))
+            loss.backward()
+            loss_total += loss.item()
+        opt.step()
+        step += 1
+        if step % cfg["log_every"] == 0 or step == total:
+            rec = dict(step=step, lr=lr, loss=loss_total, quantised=quantised,
+                       wall_s=round(time.time() - t_start, 1), steps_per_s=round(step / (time.time() - t_start + 1e-9), 2))
+            if step % (cfg["log_every"] * 10) == 0 or step == total:
+                rec["val_bpp"] = round(evaluate(quantised), 4)
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if time.time() - last_ckpt > 180 or step == total:
+            torch.save(dict(models={k: m.state_dict() for k, m in models.items()}, opt=opt.state_dict(), step=step),
+                       ckpt)
+            last_ckpt = time.time()
+    final = dict(step=step, val_bpp_quantised=round(evaluate(True), 4), val_bpp_float=round(evaluate(False), 4))
+    print(json.dumps(final), flush=True)
+    log.write(json.dumps(final) + "\n")
+    int_layers = {k: to_int_layers(m) for k, m in models.items()}
+    np.savez(run_dir / "int_layers.npz", **{f"{k}/{i}/{name}": np.asarray(v)
+                                             for k, ls in int_layers.items() for i, l in enumerate(ls)
+                                             for name, v in l.items() if v is not None})
+    (run_dir / "final.json").write_text(json.dumps(dict(config=cfg, **final), indent=1))
+
+
+if __name__ == "__main__":
+    main()

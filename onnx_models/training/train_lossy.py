@@ -1,0 +1,248 @@
+"""Train the lossy codec: heavy encoder, shallow decoder, mean-scale hyperprior,
+gain units for variable rate.  The hyper-synthesis is quantisation-aware so the
+exported network is integer-exact (see pillow_nic.intnet), which makes the
+entropy model bit-identical on every runtime.
+
+    python onnx_models/training/train_lossy.py --config onnx_models/training/lossy_v1.json
+
+Data: ../shared/data/train plus the extra Debian photos (never Kodak); crops are
+pre-extracted into memory after a random 0.5-1.0 downscale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import qat  # noqa: E402
+from pillow_nic.tables import SCALE_BINS, SCALE_MIN, SCALE_STEP  # noqa: E402
+
+MEAN_BITS = 3       # latent means on a 1/8 grid
+LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
+
+
+class GDN(nn.Module):
+    """Simplified (L1) GDN: x / (beta + gamma |x|); inverse multiplies instead."""
+
+    def __init__(self, ch: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(ch))
+        self.gamma = nn.Parameter(0.1 * torch.eye(ch).view(ch, ch, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = F.conv2d(x.abs(), self.gamma.abs(), self.beta.abs() + 1e-6)
+        return x * norm if self.inverse else x / norm
+
+
+class Codec(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        n1, n2, n3, m = cfg["enc_channels"]
+        d1, d2 = cfg["dec_channels"]
+        hz, hh = cfg["hyper_channels"]
+        self.m = m
+        self.analysis = nn.Sequential(
+            nn.Conv2d(3, n1, 5, 2, 2), GDN(n1),
+            nn.Conv2d(n1, n2, 3, 2, 1), GDN(n2),
+            nn.Conv2d(n2, n3, 3, 2, 1), GDN(n3),
+            nn.Conv2d(n3, m, 3, 2, 1),
+        )
+        self.synthesis = nn.Sequential(
+            nn.Conv2d(m, d1, 3, 1, 1), GDN(d1, inverse=True),
+            nn.ConvTranspose2d(d1, d2, 8, 4, 2), GDN(d2, inverse=True),
+            nn.ConvTranspose2d(d2, 3, 8, 4, 2),
+        )
+        self.hyper_analysis = nn.Sequential(
+            nn.Conv2d(m, hh, 3, 1, 1), nn.ReLU(),
+            nn.Conv2d(hh, hh, 5, 2, 2), nn.ReLU(),
+            nn.Conv2d(hh, hz, 5, 2, 2),
+        )
+        # integer-exact: ConvT k4 s2, ConvT k4 s2, 1x1 conv -> [means, scales]
+        self.hs = nn.ModuleList([
+            nn.ConvTranspose2d(hz, hh, 4, 2, 1),
+            nn.ConvTranspose2d(hh, hh, 4, 2, 1),
+            nn.Conv2d(hh, 2 * m, 1),
+        ])
+        levels = len(cfg["lambdas"])
+        lam = torch.tensor(cfg["lambdas"])
+        start = (lam / lam[len(lam) // 2]) ** (1 / 3)  # a spread the gains refine
+        self.gain = nn.Parameter(start[:, None].repeat(1, m))
+        self.inv_gain = nn.Parameter((1 / start)[:, None].repeat(1, m))
+        self.z_log_scale = nn.Parameter(torch.zeros(levels, hz))
+
+    def hyper_synthesis(self, z_hat: torch.Tensor, quantised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        h = z_hat
+        act_exp = 0
+        for i, layer in enumerate(self.hs):
+            w, b = layer.weight, layer.bias
+            if quantised:
+                # a ConvTranspose weight is (in, out, k, k); Conv is (out, in, k, k): grid over the whole tensor
+                w, b = qat.fake_quant_weights(w, b, act_exp)
+            if isinstance(layer, nn.ConvTranspose2d):
+                z = F.conv_transpose2d(h, w, b, stride=2, padding=1)
+            else:
+                z = F.conv2d(h, w, b)
+            if i < len(self.hs) - 1:
+                h = qat.hidden_activation(z, quantised)
+                act_exp = qat.ACT_BITS
+            else:
+                h = z
+        return qat.output_quantise(h[:, :self.m], h[:, self.m:], MEAN_BITS, quantised)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
+        gain = self.gain[level][:, :, None, None]
+        inv_gain = self.inv_gain[level][:, :, None, None]
+        y = self.analysis(x) * gain
+        z = self.hyper_analysis(y)
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+        z_hat = torch.clamp(qat.ste_round(z), -LATENT_CLIP, LATENT_CLIP)
+        mean, log_scale = self.hyper_synthesis(z_hat, quantised)
+        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        y_hat = qat.ste_round(y - mean) + mean
+        x_hat = self.synthesis(y_hat * inv_gain)
+        bits_y = gauss_bits(y_noisy - mean, log_scale)
+        z_ls = self.z_log_scale[level][:, :, None, None].expand_as(z)
+        bits_z = gauss_bits(z_noisy, z_ls)
+        return x_hat, bits_y, bits_z
+
+
+def gauss_bits(v: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """-log2 of the probability of the unit bin around v under N(0, exp(log_scale))."""
+    s = torch.exp(log_scale) * math.sqrt(2.0)
+    p = 0.5 * (torch.erf((v + 0.5) / s) - torch.erf((v - 0.5) / s))
+    return -torch.log2(torch.clamp(p, min=1e-9))
+
+
+def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    files = []
+    for d in dirs:
+        files += sorted(Path(os.path.expanduser(d)).glob("*.png"))
+    per_file = max(1, n_crops // len(files))
+    per_scale = 10  # crops taken from each random downscale of a photo
+    crops = []
+    for path in files:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            for i in range(per_file):
+                if i % per_scale == 0:
+                    s = rng.uniform(0.5, 1.0)
+                    w, h = max(size, round(im.width * s)), max(size, round(im.height * s))
+                    small = np.asarray(im.resize((w, h), Image.LANCZOS))
+                y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+                crops.append(small[y0:y0 + size, x0:x0 + size])
+    return np.stack(crops)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--run-dir", default=None)
+    args = ap.parse_args()
+    cfg = json.loads(Path(args.config).read_text())
+    torch.set_num_threads(cfg.get("threads", 1))
+    run_dir = Path(args.run_dir or ROOT / "onnx_models/training/runs" / cfg["name"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    log = open(run_dir / "log.jsonl", "a")
+
+    cache = run_dir / "crops.npy"
+    t0 = time.time()
+    if cache.exists():
+        crops = np.load(cache)
+    else:
+        crops = load_crops(cfg["data"], cfg["crops"], cfg["patch"], rng)
+        np.save(cache, crops)
+    n_val = cfg["val_crops"]
+    val, train = crops[:n_val], crops[n_val:]
+    rng.shuffle(train)
+    print(f"{len(train)} train / {len(val)} val crops, {time.time() - t0:.0f}s", flush=True)
+
+    model = Codec(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    lambdas = torch.tensor(cfg["lambdas"])
+    step = 0
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng = np.random.default_rng(cfg["seed"] + step)
+        print(f"resumed at step {step}", flush=True)
+
+    total = cfg["steps"]
+    qat_from = int(total * cfg["qat_fraction_start"])
+
+    def evaluate() -> list[dict]:
+        model.eval()
+        out = []
+        with torch.no_grad():
+            x = torch.from_numpy(val).permute(0, 3, 1, 2).float() / 255
+            for lv in range(len(cfg["lambdas"])):
+                level = torch.full((len(x),), lv, dtype=torch.long)
+                x_hat, by, bz = model(x, level, step >= qat_from)
+                mse = F.mse_loss(x_hat.clamp(0, 1), x).item()
+                bpp = (by.sum() + bz.sum()).item() / (len(x) * x.shape[2] * x.shape[3])
+                out.append(dict(level=lv, bpp=round(bpp, 4), psnr=round(10 * math.log10(1 / mse), 3)))
+        model.train()
+        return out
+
+    t_start, last_ckpt, start_step = time.time(), time.time(), step
+    b = cfg["batch"]
+    while step < total:
+        quantised = step >= qat_from
+        frac = step / total
+        lr = cfg["lr"] * (1.0 if frac < cfg["decay_from"] else max(0.01, (1 - frac) / (1 - cfg["decay_from"])))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.integers(0, len(train), b)
+        batch = train[idx]
+        if rng.random() < 0.5:
+            batch = batch[:, :, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255
+        level = torch.from_numpy(rng.integers(0, len(cfg["lambdas"]), b))
+        x_hat, by, bz = model(x, level, quantised)
+        pixels = x.shape[2] * x.shape[3]
+        bpp = (by.flatten(1).sum(1) + bz.flatten(1).sum(1)) / pixels
+        mse = ((x_hat - x) ** 2).flatten(1).mean(1)
+        loss = (lambdas[level] * 255 ** 2 * mse + bpp).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % cfg["log_every"] == 0:
+            rec = dict(step=step, lr=lr, loss=round(loss.item(), 4), bpp=round(bpp.mean().item(), 4),
+                       quantised=quantised, steps_per_s=round((step - start_step) / (time.time() - t_start), 2))
+            if step % cfg["val_every"] == 0:
+                rec["val"] = evaluate()
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if time.time() - last_ckpt > 180 or step == total:
+            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, config=cfg), ckpt)
+            last_ckpt = time.time()
+    final = dict(step=step, val=evaluate())
+    log.write(json.dumps(final) + "\n")
+    (run_dir / "final.json").write_text(json.dumps(dict(config=cfg, **final), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The library API: encode and decode NumPy images to and from `.nic` bytes.
+
+This is what the Pillow plugin, the CLI and the FUSE store call.  It splits an
+image into layers (colour, alpha) and tiles, asks the tile coders for
+candidates, keeps the smallest, and reverses all of it on decode.  Tiles are
+independent, so they are coded on a thread pool.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+import zstandard
+
+from . import container
+from .container import (CODER_LOSSLESS, CODER_LOSSY, CODER_RAW, CODER_ZSTD, LOSSLESS, LOSSY, MODE_LAYERS,
+                        STORED, Header, Layer, NicError, Tile)
+
+SUPPORTED_MODES = tuple(MODE_LAYERS)
+DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512}
+
+
+@dataclass
+class Decoded:
+    """A decoded image: Pillow mode, pixel array and raw metadata chunks."""
+
+    mode: str
+    pixels: np.ndarray
+    metadata: dict[str, bytes] = field(default_factory=dict)
+
+
+def _workers() -> int:
+    return max(1, min(os.cpu_count() or 1, int(os.environ.get("NIC_THREADS", "0")) or (os.cpu_count() or 1)))
+
+
+def _sample_dtype(mode: str) -> np.dtype:
+    return np.dtype("<u2") if mode == "I;16" else np.dtype(np.uint8)
+
+
+def expected_shape(mode: str, width: int, height: int) -> tuple[int, ...]:
+    channels = sum(MODE_LAYERS[mode])
+    return (height, width) if channels == 1 else (height, width, channels)
+
+
+def _check_pixels(pixels: np.ndarray, mode: str) -> np.ndarray:
+    if mode not in MODE_LAYERS:
+        raise ValueError(f"unsupported mode {mode!r}; supported: {', '.join(SUPPORTED_MODES)}")
+    channels = sum(MODE_LAYERS[mode])
+    if pixels.ndim == 3 and channels == 1 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim != (2 if channels == 1 else 3) or (channels > 1 and pixels.shape[2] != channels):
+        raise ValueError(f"mode {mode} needs an array of shape (h, w{'' if channels == 1 else f', {channels}'}), "
+                         f"got {pixels.shape}")
+    if mode == "1":
+        pixels = (pixels != 0).astype(np.uint8)
+    elif pixels.dtype != _sample_dtype(mode):
+        if not np.issubdtype(pixels.dtype, np.integer) or pixels.min(initial=0) < 0 or \
+                pixels.max(initial=0) > np.iinfo(_sample_dtype(mode)).max:
+            raise ValueError(f"mode {mode} needs {_sample_dtype(mode)} samples, got {pixels.dtype}")
+        pixels = pixels.astype(_sample_dtype(mode))
+    container.check_dimensions(pixels.shape[1], pixels.shape[0])
+    return pixels
+
+
+def _layers(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
+    """Split into the colour layer and, for LA/RGBA, the alpha layer."""
+    if len(MODE_LAYERS[mode]) == 1:
+        return [pixels]
+    return [pixels[..., :-1].squeeze(-1) if pixels.shape[-1] == 2 else pixels[..., :-1], pixels[..., -1]]
+
+
+def _raw_bytes(tile: np.ndarray) -> bytes:
+    return np.ascontiguousarray(tile).tobytes()
+
+
+def _stored_candidates(tile: np.ndarray) -> list[tuple[int, bytes]]:
+    raw = _raw_bytes(tile)
+    return [(CODER_RAW, raw), (CODER_ZSTD, zstandard.ZstdCompressor(level=9).compress(raw))]
+
+
+def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int = 90,
+           metadata: dict[str, bytes] | None = None, tile_size: int | None = None,
+           runtime: str | None = None) -> bytes:
+    """Encode an image array of Pillow ``mode`` to `.nic` bytes.
+
+    ``lossless=True`` guarantees identical pixels on decode; otherwise ``quality``
+    (1-100) selects the rate of the learned lossy model (alpha stays lossless).
+    Invalid arguments raise ValueError.
+    """
+    from . import models
+
+    pixels = _check_pixels(np.asarray(pixels), mode)
+    if not lossless and not (isinstance(quality, (int, np.integer)) and 1 <= quality <= 100):
+        raise ValueError(f"quality must be an integer from 1 to 100, got {quality!r}")
+    meta = dict(metadata or {})
+    for key, value in meta.items():
+        if key not in container.META_KEYS:
+            raise ValueError(f"unknown metadata {key!r}")
+        if not isinstance(value, (bytes, bytearray)):
+            raise ValueError(f"metadata {key!r} must be bytes")
+    layers = _layers(pixels, mode)
+    lossy_ok = not lossless and mode not in ("1", "I;16")
+    colour_coding = LOSSY if lossy_ok else LOSSLESS
+    size = tile_size or DEFAULT_TILE[colour_coding]
+    if not (container.MIN_TILE <= size <= container.MAX_TILE and size % 16 == 0):
+        raise ValueError(f"tile_size must be a multiple of 16 from {container.MIN_TILE} to {container.MAX_TILE}")
+    header = Header(mode, pixels.shape[1], pixels.shape[0], size, [])
+    boxes = [header.tile_box(i) for i in range(header.tiles_x * header.tiles_y)]
+    payloads = []
+    for li, (planes, layer_pixels) in enumerate(zip(MODE_LAYERS[mode], layers)):
+        coding = colour_coding if li == 0 else LOSSLESS
+        model = models.default_model("lossy" if coding == LOSSY else "lossless", runtime)
+        if coding == LOSSY and model is None:
+            raise ValueError("lossy coding needs a lossy model and none is installed; use lossless=True")
+        if coding == LOSSLESS and (mode in ("1", "I;16") or model is None):
+            coding, model = STORED, None
+        coder = _tile_coder(coding, model, planes, quality, mode)
+
+        def code_tile(box: tuple[int, int, int, int]) -> tuple[int, bytes]:
+            x0, y0, x1, y1 = box
+            tile = layer_pixels[y0:y1, x0:x1]
+            candidates = _stored_candidates(tile)
+            if coder is not None:
+                candidates.append(coder(tile))
+            if coding == LOSSY:  # the learned candidate is the point of lossy coding
+                return candidates[-1]
+            return min(candidates, key=lambda c: len(c[1]))
+
+        with ThreadPoolExecutor(_workers()) as pool:
+            coded = list(pool.map(code_tile, boxes))
+        if coding == LOSSLESS and all(c != CODER_LOSSLESS for c, _ in coded):
+            coding, model = STORED, None  # no tile needed the model: do not depend on it
+        layer = Layer(planes, coding, quality if coding == LOSSY else 0,
+                      model.name if model else "", model.hash if model else bytes(32),
+                      [Tile(c, len(d), 0) for c, d in coded])
+        header.layers.append(layer)
+        payloads.append([d for _, d in coded])
+    out = io.BytesIO()
+    container.write(out, header, payloads, meta)
+    return out.getvalue()
+
+
+def _tile_coder(coding: int, model, planes: int, quality: int, mode: str):
+    """The learned candidate for a tile, or None for stored layers."""
+    if coding == LOSSLESS:
+        from . import lossless
+        return lambda tile: (CODER_LOSSLESS, lossless.encode_tile(model, tile))
+    if coding == LOSSY:
+        from . import lossy
+        return lambda tile: (CODER_LOSSY, lossy.encode_tile(model, tile, quality))
+    return None
+
+
+def read_info(source: bytes | BinaryIO | str | os.PathLike) -> Header:
+    """Parse and validate the header only (no pixel decoding)."""
+    with _open(source) as fp:
+        return container.read_header(fp)
+
+
+class _open:
+    """Context manager giving a seekable binary file for bytes, a path or a file object."""
+
+    def __init__(self, source):
+        self.source = source
+        self.owned = None
+
+    def __enter__(self) -> BinaryIO:
+        if isinstance(self.source, (bytes, bytearray, memoryview)):
+            return io.BytesIO(self.source)
+        if isinstance(self.source, (str, os.PathLike)):
+            self.owned = open(self.source, "rb")
+            return self.owned
+        return self.source
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            self.owned.close()
+
+
+def decode(source: bytes | BinaryIO | str | os.PathLike, *, runtime: str | None = None) -> Decoded:
+    """Decode a whole `.nic` image.  Raises NicError (an OSError) on any invalid input."""
+    with _open(source) as fp:
+        header = container.read_header(fp)
+        return decode_with_header(fp, header, runtime=runtime)
+
+
+def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = None) -> Decoded:
+    """Decode pixels and metadata of a file whose header was already read."""
+    from . import models
+
+    meta = container.read_meta(fp, header)
+    layer_arrays = []
+    for li, layer in enumerate(header.layers):
+        model = models.model_for(layer, runtime) if layer.coding != STORED else None
+        payloads = [container.read_payload(fp, t, f"layer {li} tile {ti}") for ti, t in enumerate(layer.tiles)]
+        dtype = _sample_dtype(header.mode)
+        shape = (header.height, header.width) + ((layer.planes,) if layer.planes > 1 else ())
+        out = np.empty(shape, dtype=dtype)
+
+        def decode_tile(ti: int) -> None:
+            x0, y0, x1, y1 = header.tile_box(ti)
+            tshape = (y1 - y0, x1 - x0) + shape[2:]
+            out[y0:y1, x0:x1] = _decode_tile(layer, layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
+
+        with ThreadPoolExecutor(_workers()) as pool:
+            list(pool.map(decode_tile, range(len(layer.tiles))))
+        layer_arrays.append(out)
+    if len(layer_arrays) == 1:
+        pixels = layer_arrays[0]
+    else:
+        colour, alpha = layer_arrays
+        pixels = np.concatenate([colour.reshape(colour.shape[:2] + (-1,)), alpha[..., None]], axis=2)
+    return Decoded(header.mode, pixels, meta)
+
+
+def _decode_tile(layer: Layer, coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model,
+                 index: int) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if coder == CODER_ZSTD:
+        try:
+            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=nbytes)
+        except zstandard.ZstdError as exc:
+            raise NicError(f"tile {index}: corrupt zstd data ({exc})") from None
+    if coder in (CODER_RAW, CODER_ZSTD):
+        if len(data) != nbytes:
+            raise NicError(f"tile {index}: {len(data)} sample bytes, expected {nbytes}")
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    if coder == CODER_LOSSLESS:
+        from . import lossless
+        return lossless.decode_tile(model, data, shape, index)
+    from . import lossy
+    return lossy.decode_tile(model, data, shape, layer.quality, index)

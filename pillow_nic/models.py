@@ -1,0 +1,105 @@
+"""The model registry: released model packages, found by content hash.
+
+``onnx_models/manifest.json`` lists every released package (never removed, never
+changed).  A package is a set of files (ONNX graphs and integer probability
+tables); its id is the SHA-256 over its files, so a `.nic` file names exactly
+the bytes that coded it and a retrained model can never be mistaken for an old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import runtime as rt
+from .container import Layer, NicError
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "onnx_models"
+MANIFEST = MODEL_DIR / "manifest.json"
+
+
+def package_hash(files: dict[str, Path]) -> bytes:
+    """SHA-256 over (role, SHA-256 of file) pairs, roles sorted."""
+    h = hashlib.sha256()
+    for role in sorted(files):
+        h.update(role.encode() + b"\0" + hashlib.sha256(Path(files[role]).read_bytes()).digest())
+    return h.digest()
+
+
+@dataclass
+class ModelPackage:
+    name: str
+    kind: str
+    hash: bytes
+    files: dict[str, Path]
+    info: dict[str, Any]
+    runtime: str
+    _graphs: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def graph(self, role: str):
+        """A session for one ONNX graph of the package (cached, thread-safe to run)."""
+        with self._lock:
+            if role not in self._graphs:
+                self._graphs[role] = rt.load(self.files[role], self.runtime)
+            return self._graphs[role]
+
+    @property
+    def tables(self) -> dict[str, np.ndarray]:
+        return _load_tables(self.files["tables"])
+
+
+@lru_cache(maxsize=None)
+def _load_tables(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@lru_cache(maxsize=1)
+def _manifest() -> list[dict]:
+    if not MANIFEST.exists():
+        return []
+    return json.loads(MANIFEST.read_text())["models"]
+
+
+@lru_cache(maxsize=None)
+def _package(hash_hex: str, runtime_name: str) -> ModelPackage:
+    for entry in _manifest():
+        if entry["hash"] == hash_hex:
+            files = {role: MODEL_DIR / rel for role, rel in entry["files"].items()}
+            missing = [str(p) for p in files.values() if not p.exists()]
+            if missing:
+                raise NicError(f"model {entry['name']} is registered but its files are missing: {missing}")
+            if package_hash(files).hex() != hash_hex:
+                raise NicError(f"model {entry['name']}: files do not match their registered hash")
+            return ModelPackage(entry["name"], entry["kind"], bytes.fromhex(hash_hex), files, entry, runtime_name)
+    raise KeyError(hash_hex)
+
+
+def model_for(layer: Layer, runtime: str | None = None) -> ModelPackage:
+    """The package a layer was coded with, or NicError naming the unknown model."""
+    try:
+        return _package(layer.model_hash.hex(), rt.select(runtime))
+    except KeyError:
+        raise NicError(f"unknown model {layer.model_name!r} (sha256 {layer.model_hash.hex()[:16]}...): "
+                       "this installation of nic cannot decode it; a newer release may") from None
+
+
+def default_model(kind: str, runtime: str | None = None) -> ModelPackage | None:
+    """The newest released package of a kind ("lossless" or "lossy"), if any."""
+    entries = [e for e in _manifest() if e["kind"] == kind and e.get("default", True)]
+    if not entries:
+        return None
+    return _package(entries[-1]["hash"], rt.select(runtime))
+
+
+def registered() -> list[dict]:
+    """Manifest entries of every released package."""
+    return list(_manifest())

@@ -1,0 +1,53 @@
+"""Write golden `.nic` files for formats/models not yet covered.  Existing files are never
+rewritten: they lock the format and every released model forever.
+
+    python tests/golden/make_golden.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
+
+import pillow_nic  # noqa: E402
+from conftest import image_for_mode  # noqa: E402
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+CASES = {
+    # name: (mode, height, width, encode options)
+    "stored_rgb_19x23": ("RGB", 19, 23, dict(lossless=True, tile_size=16)),
+    "stored_la_9x40": ("LA", 9, 40, dict(lossless=True, tile_size=16)),
+    "stored_i16_12x12": ("I;16", 12, 12, dict(lossless=True)),
+    "stored_1_33x5": ("1", 33, 5, dict(lossless=True)),
+}
+
+
+def main() -> None:
+    index_path = HERE / "golden.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    for name, (mode, h, w, opts) in CASES.items():
+        if name in index:
+            continue
+        arr = image_for_mode(mode, h, w, seed=len(name))
+        data = pillow_nic.encode(arr, mode, metadata={"xmp": name.encode()}, **opts)
+        (HERE / f"{name}.nic").write_bytes(data)
+        index[name] = dict(mode=mode, size=[w, h], pixels_sha256=pixel_hash(arr),
+                           file_sha256=hashlib.sha256(data).hexdigest())
+        print("wrote", name)
+    index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The nic command line: compress, decompress, info, compare, demo, exit codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pillow_nic import cli
+from conftest import synthetic
+
+
+@pytest.fixture
+def images(tmp_path):
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "b.bmp", "sub/c.tiff"]):
+        Image.fromarray(synthetic(20 + i, 30, 3, seed=i)).save(d / name)
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_compress_directory_lossless_and_back(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["compress", str(images), "--lossless", "-o", str(out)]) == 0
+    nics = sorted(out.glob("*.nic"))
+    assert [p.name for p in nics] == ["a.nic", "b.nic", "c.nic"]
+    assert (images / "a.png").exists()  # originals kept
+    back = tmp_path / "back"
+    assert cli.main(["decompress", str(out), "-o", str(back)]) == 0
+    for src in ["a.png", "b.bmp", "sub/c.tiff"]:
+        stem = src.split("/")[-1].split(".")[0]
+        a = np.asarray(Image.open(images / src))
+        b = np.asarray(Image.open(back / f"{stem}.png"))
+        assert np.array_equal(a, b)
+
+
+def test_compress_single_file_with_glob_and_delete(images, tmp_path):
+    target = images / "a.png"
+    assert cli.main(["compress", str(images / "a.*"), "--lossless", "--delete"]) == 0
+    assert not target.exists()
+    assert (images / "a.nic").exists()
+
+
+def test_info_and_runtime(images, tmp_path, capsys):
+    cli.main(["compress", str(images / "a.png"), "--lossless", "-o", str(tmp_path / "a.nic")])
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "a.nic"), "--runtime"]) == 0
+    out = capsys.readouterr().out
+    assert "30x20" in out and "bpp" in out and "runtime:" in out
+
+
+def test_compare(images, tmp_path, capsys):
+    cli.main(["compress", str(images / "a.png"), "--lossless", "-o", str(tmp_path / "a.nic")])
+    capsys.readouterr()
+    assert cli.main(["compare", str(images / "a.png"), str(tmp_path / "a.nic")]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR: inf dB" in out and "MS-SSIM: 1.0000" in out and "bpp:" in out
+
+
+def test_missing_and_corrupt_inputs_fail_with_status_1(tmp_path, capsys):
+    assert cli.main(["compress", str(tmp_path / "nope.png"), "--lossless"]) == 1
+    bad = tmp_path / "bad.nic"
+    bad.write_bytes(b"\x89NIC\r\n\x1a\n\x07garbage")
+    assert cli.main(["decompress", str(bad)]) == 1
+    assert cli.main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "nope.png" in err and "bad.nic" in err
+
+
+def test_bad_usage_exits_2():
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compress"])
+    assert e.value.code == 2
+    assert cli.main(["compress", "x.png", "-q", "0"]) == 2
+
+
+def test_demo_round_trips_the_sample(tmp_path, capsys):
+    assert cli.main(["demo", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lossless" in out and "bit-exact" in out
+    assert (tmp_path / "chapel_lossless.nic").exists()

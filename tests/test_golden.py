@@ -1,0 +1,29 @@
+"""Golden files lock the format: every committed `.nic` must keep decoding to the same
+pixels, under every runtime, in every later release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import pillow_nic
+from golden.make_golden import pixel_hash
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+INDEX = json.loads((GOLDEN / "golden.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(INDEX))
+def test_golden_file_decodes_identically(name):
+    entry = INDEX[name]
+    decoded = pillow_nic.decode(GOLDEN / f"{name}.nic")
+    assert decoded.mode == entry["mode"]
+    assert list(decoded.pixels.shape[:2][::-1]) == entry["size"]
+    assert pixel_hash(decoded.pixels) == entry["pixels_sha256"]
+    assert decoded.metadata["xmp"] == name.encode()
+
+
+def test_every_golden_file_is_indexed():
+    assert sorted(p.stem for p in GOLDEN.glob("*.nic")) == sorted(INDEX)
