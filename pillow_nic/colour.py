@@ -16,9 +16,12 @@ def rgb_to_ycocg(rgb: np.ndarray) -> list[np.ndarray]:
 
 
 def ycocg_to_rgb(y: np.ndarray, co: np.ndarray, cg: np.ndarray) -> np.ndarray:
-    """Exact inverse of rgb_to_ycocg."""
+    """Exact inverse of rgb_to_ycocg; ValueError if the planes are not a valid triple."""
     t = y - (cg >> 1)
     g = cg + t
     b = t - (co >> 1)
     r = b + co
-    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+    rgb = np.stack([r, g, b], axis=-1)
+    if rgb.size and (rgb.min() < 0 or rgb.max() > 255):
+        raise ValueError("YCoCg-R planes outside the RGB cube")
+    return rgb.astype(np.uint8)

@@ -1,12 +1,9 @@
-"""Constants shared by the lossless predictor's training, export and codec."""
+"""Names shared by the lossless predictor's training, export and codec."""
 
 from __future__ import annotations
 
 KINDS = ("diag", "edge")
-PLANES = 3                 # Y, Co, Cg; grey and alpha planes use the plane-0 models
-
-
-
+PLANES = 3  # Y, Co, Cg; grey and alpha planes use the plane-0 networks
 
 
 def model_key(kind: str, plane: int) -> str:

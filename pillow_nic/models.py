@@ -33,7 +33,7 @@ def package_hash(files: dict[str, Path]) -> bytes:
     return h.digest()
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: packages are cached singletons
 class ModelPackage:
     name: str
     kind: str

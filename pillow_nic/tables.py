@@ -34,7 +34,7 @@ def quantise_pmf(pmf: np.ndarray) -> np.ndarray:
 
 
 def _cdf_logistic(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def _cdf_gauss(x: np.ndarray) -> np.ndarray:

@@ -15,10 +15,11 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 INDEX = json.loads((GOLDEN / "golden.json").read_text())
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "numpy"])
 @pytest.mark.parametrize("name", sorted(INDEX))
-def test_golden_file_decodes_identically(name):
+def test_golden_file_decodes_identically(name, runtime):
     entry = INDEX[name]
-    decoded = pillow_nic.decode(GOLDEN / f"{name}.nic")
+    decoded = pillow_nic.decode(GOLDEN / f"{name}.nic", runtime=runtime)
     assert decoded.mode == entry["mode"]
     assert list(decoded.pixels.shape[:2][::-1]) == entry["size"]
     assert pixel_hash(decoded.pixels) == entry["pixels_sha256"]

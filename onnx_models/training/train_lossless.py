@@ -27,14 +27,15 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import qat  # noqa: E402
 from pillow_nic import interlace  # noqa: E402
 from pillow_nic.colour import rgb_to_ycocg  # noqa: E402
-from pillow_nic.lossless_model import KINDS, PLANES, SCALE_BINS, SCALE_MIN, SCALE_STEP, model_key  # noqa: E402
+from pillow_nic.lossless_model import KINDS, PLANES, model_key  # noqa: E402
 
-HIDDEN_CLIP = 255
-ACT_BITS = 4           # hidden activations carry 4 fractional bits: real range [0, 16)
 INPUT_SCALE = 1 / 64   # float-phase reparametrisation of the first layer
+MEAN_BITS = 1          # means on a half-level grid
 
 
 def list_images(dirs: list[str]) -> list[Path]:
@@ -73,20 +74,6 @@ def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator)
     return {k: (np.concatenate(f), np.concatenate(t)) for k, (f, t) in pools.items()}
 
 
-def ste_floor(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.floor(x) - x).detach()
-
-
-def ste_round(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
-
-
-def weight_exponent(w: torch.Tensor) -> int:
-    """Largest e with max|w| * 2**e <= 127: the weight grid of a layer."""
-    m = float(w.abs().max())
-    return int(math.floor(math.log2(127 / m))) if m > 0 else 0
-
-
 class Predictor(torch.nn.Module):
     """MLP with a capped ReLU; ``quantised=True`` runs the integer contract (STE)."""
 
@@ -108,26 +95,14 @@ class Predictor(torch.nn.Module):
         n = len(self.layers)
         for i, (w, b) in enumerate(self.weights()):
             if quantised:
-                e = weight_exponent(w.detach())
-                w = ste_round(w * 2 ** e) / 2 ** e
-                b = ste_round(b * 2 ** (e + act_exp)) / 2 ** (e + act_exp)
+                w, b = qat.fake_quant_weights(w, b, act_exp)
             z = h @ w + b
             if i < n - 1:
-                top = HIDDEN_CLIP / 2 ** ACT_BITS
-                h = torch.clamp(z, 0, top)
-                if quantised:
-                    h = torch.clamp(ste_floor(z * 2 ** ACT_BITS) / 2 ** ACT_BITS, 0, top)
-                act_exp = ACT_BITS
+                h = qat.hidden_activation(z, quantised)
+                act_exp = qat.ACT_BITS
             else:
                 h = z
-        mean, log_scale = h[:, 0], h[:, 1]
-        if quantised:
-            mean = ste_floor(mean * 2 + 0.5) / 2
-            idx = torch.clamp(ste_floor((log_scale - SCALE_MIN) / SCALE_STEP), 0, SCALE_BINS - 1)
-            log_scale = SCALE_MIN + (idx + 0.5) * SCALE_STEP
-        else:
-            log_scale = torch.clamp(log_scale, SCALE_MIN, SCALE_MIN + SCALE_BINS * SCALE_STEP)
-        return mean, log_scale
+        return qat.output_quantise(h[:, 0], h[:, 1], MEAN_BITS, quantised)
 
 
 def logistic_bits(target: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -147,24 +122,11 @@ def to_int_layers(model: Predictor) -> list[dict]:
     n = len(model.layers)
     with torch.no_grad():
         for i, (w, b) in enumerate(model.weights()):
-            e = weight_exponent(w)
-            wi = torch.round(w * 2 ** e)
-            grid = e + act_exp
             if i < n - 1:
-                bi = torch.round(b * 2 ** grid)
-                shift = grid - ACT_BITS
-                layers.append(dict(weight=wi.numpy(), bias=bi.numpy(), shift=shift, clip_max=HIDDEN_CLIP))
-                act_exp = ACT_BITS
+                layers.append(qat.export_hidden(w, b, act_exp))
+                act_exp = qat.ACT_BITS
             else:
-                # column 0: mean in half levels, rounded: floor(2*z + 0.5)
-                # column 1: table row: floor((z - SCALE_MIN) / SCALE_STEP), SCALE_STEP = 2**-k
-                k = -int(round(math.log2(SCALE_STEP)))
-                assert grid >= k + 1, "output grid too coarse"
-                shift = np.array([grid - 1, grid - k])
-                b0 = torch.round(b[0] * 2 ** grid) + 2 ** (grid - 2)
-                b1 = torch.round((b[1] - SCALE_MIN) * 2 ** grid)
-                layers.append(dict(weight=wi.numpy(), bias=np.array([b0, b1], dtype=np.float32),
-                                   shift=shift, clip_max=None))
+                layers.append(qat.export_output(w, b, act_exp, MEAN_BITS))
     return layers
 
 

@@ -31,6 +31,10 @@ CASES = {
     "stored_la_9x40": ("LA", 9, 40, dict(lossless=True, tile_size=16)),
     "stored_i16_12x12": ("I;16", 12, 12, dict(lossless=True)),
     "stored_1_33x5": ("1", 33, 5, dict(lossless=True)),
+    # model nic-lossless-1 (fa2f94af1375)
+    "lossless1_rgb_61x77": ("RGB", 61, 77, dict(lossless=True, tile_size=48)),
+    "lossless1_rgba_40x33": ("RGBA", 40, 33, dict(lossless=True)),
+    "lossless1_l_50x50": ("L", 50, 50, dict(lossless=True)),
 }
 
 

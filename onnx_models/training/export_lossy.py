@@ -1,0 +1,132 @@
+"""Export a lossy training run as a model package: three ONNX graphs plus tables.
+
+* ``encoder``: image (1,3,H,W) in [0,1] and per-channel gain -> latents y, hyper-latents z
+* ``hyper``: integer hyper-latents -> [latent means in 1/8 units, table rows]
+  (integer-exact; checked against pillow_nic.intnet's contract before export)
+* ``decoder``: dequantised latents and inverse gain -> image
+* ``tables``: Gaussian table family (radius 127), z table rows per rate level, gains
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import qat  # noqa: E402
+from export import release  # noqa: E402
+from pillow_nic import intnet, tables  # noqa: E402
+from pillow_nic.lossy import LATENT_CLIP, MEAN_BITS  # noqa: E402
+from train_lossy import Codec  # noqa: E402
+
+
+class Encoder(nn.Module):
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, image: torch.Tensor, gain: torch.Tensor):
+        y = self.codec.analysis(image) * gain
+        return y, self.codec.hyper_analysis(y)
+
+
+class Decoder(nn.Module):
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, latents: torch.Tensor, inv_gain: torch.Tensor):
+        return torch.clamp(self.codec.synthesis(latents * inv_gain), 0, 1)
+
+
+class IntHyper(nn.Module):
+    """The hyper-synthesis with exported integer weights, as plain convolutions."""
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.layers = []
+        act_exp = 0
+        n = len(codec.hs)
+        convs = []
+        with torch.no_grad():
+            for i, layer in enumerate(codec.hs):
+                w, b = layer.weight, layer.bias
+                spec = qat.export_hidden(w, b, act_exp) if i < n - 1 else qat.export_output(w, b, act_exp, MEAN_BITS)
+                act_exp = qat.ACT_BITS
+                conv = (nn.ConvTranspose2d(w.shape[0], w.shape[1], 4, 2, 1) if isinstance(layer, nn.ConvTranspose2d)
+                        else nn.Conv2d(w.shape[1], w.shape[0], 1))
+                conv.weight.copy_(torch.from_numpy(spec["weight"]))
+                conv.bias.copy_(torch.from_numpy(spec["bias"]))
+                convs.append(conv)
+                self.layers.append(spec)
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z
+        for conv, spec in zip(self.convs, self.layers):
+            scale = torch.tensor(2.0 ** -np.asarray(spec["shift"], np.float64), dtype=torch.float32)
+            h = torch.floor(conv(h) * scale.view(1, -1, 1, 1))
+            if spec["clip_max"] is not None:
+                h = torch.clamp(h, 0, spec["clip_max"])
+        return h
+
+    def check_exact(self) -> None:
+        """Worst-case sums below 2**24: each output sums (taps x in-channels) products."""
+        bound = LATENT_CLIP
+        for conv, spec in zip(self.convs, self.layers):
+            w = np.abs(spec["weight"]).astype(np.float64)
+            if isinstance(conv, nn.ConvTranspose2d):
+                # stride 2, kernel 4: each output gets 2x2 taps per input channel
+                per_out = max(w[:, :, a::2, b::2].sum(axis=(0, 2, 3)).max() for a in (0, 1) for b in (0, 1))
+            else:
+                per_out = w.sum(axis=(1, 2, 3)).max()
+            worst = per_out * bound + np.abs(spec["bias"]).max()
+            if worst >= intnet.EXACT_LIMIT or w.max() > intnet.WEIGHT_MAX:
+                raise ValueError(f"hyper-synthesis layer not exact: bound {worst:.0f}")
+            bound = spec["clip_max"] or 0
+
+
+def export_lossy(run_dir: Path, name: str) -> None:
+    state = torch.load(run_dir / "checkpoint.pt")
+    cfg = state["config"]
+    codec = Codec(cfg)
+    codec.load_state_dict(state["model"])
+    codec.eval()
+    tmp = Path(tempfile.mkdtemp())
+    m, hz = codec.m, cfg["hyper_channels"][0]
+    x = torch.rand(1, 3, 128, 192)
+    gain = torch.ones(1, m, 1, 1)
+    torch.onnx.export(Encoder(codec), (x, gain), tmp / "encoder.onnx", input_names=["image", "gain"],
+                      output_names=["y", "z"], dynamic_axes={"image": {2: "h", 3: "w"}}, opset_version=17,
+                      dynamo=False)
+    y = torch.randn(1, m, 8, 12)
+    torch.onnx.export(Decoder(codec), (y, gain), tmp / "decoder.onnx", input_names=["latents", "inv_gain"],
+                      output_names=["image"], dynamic_axes={"latents": {2: "h", 3: "w"}}, opset_version=17,
+                      dynamo=False)
+    hyper = IntHyper(codec)
+    hyper.check_exact()
+    z = torch.randint(-20, 20, (1, hz, 2, 3)).float()
+    torch.onnx.export(hyper, (z,), tmp / "hyper.onnx", input_names=["z"], output_names=["pred"],
+                      dynamic_axes={"z": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    with torch.no_grad():
+        z_rows = torch.clamp(torch.floor((codec.z_log_scale - tables.SCALE_MIN) / tables.SCALE_STEP),
+                             0, tables.SCALE_BINS - 1).to(torch.int64).numpy()
+        np.savez_compressed(tmp / "tables.npz",
+                 family127=tables.build_family(LATENT_CLIP, 1, "gauss")[:, 0].astype(np.int32),
+                 z_rows=z_rows,
+                 log_gain=torch.log(codec.gain.abs()).numpy().astype(np.float32),
+                 log_inv_gain=torch.log(codec.inv_gain.abs()).numpy().astype(np.float32))
+    final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").exists() else {}
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    record = dict(config=cfg, step=state["step"], final=final, log_tail=log[-3:],
+                  summary=dict(steps=state["step"], val=[r for r in log if "val" in r][-1]["val"]))
+    files = {role: tmp / f"{role}.onnx" for role in ("encoder", "decoder", "hyper")}
+    files["tables"] = tmp / "tables.npz"
+    release("lossy", name, files, record)

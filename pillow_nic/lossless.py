@@ -1,0 +1,151 @@
+"""Coder 2: learned lossless coding of one tile (FORMAT.md, "Coder 2").
+
+The tile's planes are visited in interlaced order (``interlace``); for each pass
+and plane the model's integer-exact network predicts, for every pixel of the
+pass at once, a centre and a row of the probability-table family; the residuals
+are then rANS coded with constriction, grouped by table so that each group is a
+single vectorised coder call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import constriction
+import numpy as np
+
+from . import interlace
+from .colour import rgb_to_ycocg, ycocg_to_rgb
+from .container import NicError
+from .lossless_model import model_key
+from .tables import SCALE_BINS
+
+
+@dataclass(frozen=True)
+class PlaneSpec:
+    """How one sample plane is coded: value range and which networks predict it."""
+
+    lo: int
+    hi: int
+    model_plane: int  # 0 = Y/grey/alpha networks, 1 = Co, 2 = Cg
+
+    @property
+    def radius(self) -> int:
+        return self.hi - self.lo
+
+
+GREY = PlaneSpec(0, 255, 0)
+YCOCG = (PlaneSpec(0, 255, 0), PlaneSpec(-255, 255, 1), PlaneSpec(-255, 255, 2))
+
+
+def _plane_specs(n_planes: int) -> tuple[PlaneSpec, ...]:
+    return YCOCG if n_planes == 3 else (GREY,)
+
+
+class _Tables:
+    """constriction models for every (row, offset) of a package's two table families."""
+
+    def __init__(self, tables: dict[str, np.ndarray]):
+        self.models: dict[int, list] = {}
+        for radius in (255, 510):
+            family = tables[f"family{radius}"]
+            if family.shape != (SCALE_BINS, 2, 2 * radius + 1):
+                raise NicError(f"model tables family{radius} have shape {family.shape}")
+            self.models[radius] = [
+                constriction.stream.model.Categorical(family[row, off].astype(np.float64), perfect=False)
+                for row in range(SCALE_BINS) for off in range(2)]
+        self.uniform = {255: constriction.stream.model.Uniform(256), 510: constriction.stream.model.Uniform(511)}
+
+
+@lru_cache(maxsize=8)
+def _tables_for(package) -> _Tables:
+    return _Tables(package.tables)
+
+
+def _predict(package, key: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean in half levels, table row) per pixel, integers."""
+    (pred,) = package.graph(key).run(["pred"], {"features": feats.astype(np.float32)})
+    pred = pred.astype(np.int64)
+    return pred[:, 0], np.clip(pred[:, 1], 0, SCALE_BINS - 1)
+
+
+def _groups(base: np.ndarray, mean_half: np.ndarray, row: np.ndarray, spec: PlaneSpec):
+    """Centres, the grouping permutation, and (table index, start, end) of each group."""
+    centre = np.clip(base + (mean_half >> 1), spec.lo, spec.hi)
+    table = row * 2 + (mean_half & 1)
+    order = np.argsort(table, kind="stable")
+    sorted_tables = table[order]
+    starts = np.flatnonzero(np.r_[True, sorted_tables[1:] != sorted_tables[:-1]]) if len(order) else []
+    bounds = list(starts) + [len(order)]
+    return centre, order, [(int(sorted_tables[s]), s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def _to_planes(tile: np.ndarray) -> list[np.ndarray]:
+    return rgb_to_ycocg(tile) if tile.ndim == 3 else [tile.astype(np.int32)]
+
+
+def encode_tile(package, tile: np.ndarray) -> bytes:
+    """Code an (h, w) or (h, w, 3) uint8 tile; returns the payload bytes."""
+    planes = _to_planes(tile)
+    specs = _plane_specs(len(planes))
+    tables = _tables_for(package)
+    h, w = planes[0].shape
+    levels = interlace.num_levels(h, w)
+    steps: list[tuple[object, np.ndarray]] = []  # (entropy model, symbols) in decode order
+    for plane, spec in zip(planes, specs):
+        steps.append((tables.uniform[spec.radius], interlace.top_lattice(plane, levels).ravel() - spec.lo))
+    for p in interlace.passes(h, w):
+        ctx = interlace.PassContext(p)
+        for plane, spec in zip(planes, specs):
+            feats, base = ctx.features(plane)
+            mean_half, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
+            centre, order, groups = _groups(base, mean_half, row, spec)
+            symbols = (interlace.target_values(plane, p) - centre + spec.radius)[order]
+            for table, s, e in groups:
+                steps.append((tables.models[spec.radius][table], symbols[s:e]))
+            ctx.add_coded(plane)
+    coder = constriction.stream.stack.AnsCoder()
+    for model, symbols in reversed(steps):
+        coder.encode_reverse(symbols.astype(np.int32), model)
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int) -> np.ndarray:
+    """Inverse of encode_tile; NicError if the payload is inconsistent."""
+    if len(data) % 4:
+        raise NicError(f"tile {index}: lossless payload is not a whole number of words")
+    h, w = shape[:2]
+    n_planes = shape[2] if len(shape) == 3 else 1
+    specs = _plane_specs(n_planes)
+    tables = _tables_for(package)
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+    planes = [np.zeros((h, w), dtype=np.int32) for _ in specs]
+    levels = interlace.num_levels(h, w)
+    for plane, spec in zip(planes, specs):
+        top = interlace.top_lattice(plane, levels)
+        top[...] = coder.decode(tables.uniform[spec.radius], top.size).reshape(top.shape) + spec.lo
+    for p in interlace.passes(h, w):
+        ctx = interlace.PassContext(p)
+        for plane, spec in zip(planes, specs):
+            feats, base = ctx.features(plane)
+            mean_half, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
+            centre, order, groups = _groups(base, mean_half, row, spec)
+            symbols = np.empty(len(order), dtype=np.int64)
+            for table, s, e in groups:
+                symbols[s:e] = coder.decode(tables.models[spec.radius][table], e - s)
+            values = np.empty_like(symbols)
+            values[order] = symbols
+            values += centre - spec.radius
+            if len(values) and (values.min() < spec.lo or values.max() > spec.hi):
+                raise NicError(f"tile {index}: decoded samples out of range (corrupt data)")
+            interlace.store_values(plane, p, values)
+            ctx.add_coded(plane)
+    if not coder.is_empty():
+        raise NicError(f"tile {index}: unused data after the last sample (corrupt data)")
+    if n_planes == 1:
+        return planes[0].astype(np.uint8)
+    try:
+        return ycocg_to_rgb(*planes)
+    except ValueError:
+        raise NicError(f"tile {index}: decoded colours out of range (corrupt data)") from None

@@ -1,0 +1,112 @@
+"""Lossless mode with the real released model: bit-exact round trips everywhere,
+identical bits under ONNX Runtime and the NumPy runtime, sane compression."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+import pillow_nic
+from pillow_nic import container, interlace, lossless, models
+from pillow_nic.colour import rgb_to_ycocg, ycocg_to_rgb
+from conftest import SAMPLE, image_for_mode, kodak_files, needs_kodak
+
+RUNTIMES = ["onnxruntime", "numpy"]
+pytestmark = pytest.mark.skipif(models.default_model("lossless") is None, reason="no lossless model released")
+
+
+def learned_coders(data: bytes) -> set[int]:
+    header = pillow_nic.read_info(data)
+    return {t.coder for layer in header.layers for t in layer.tiles}
+
+
+def test_ycocg_is_reversible_on_the_whole_cube():
+    v = np.arange(0, 256, 5)
+    rgb = np.stack(np.meshgrid(v, v, v), axis=-1).reshape(-1, 1, 3).astype(np.uint8)
+    assert np.array_equal(ycocg_to_rgb(*rgb_to_ycocg(rgb)), rgb)
+
+
+def test_interlace_passes_cover_every_pixel_once():
+    for h, w in [(1, 1), (1, 9), (13, 1), (17, 33), (64, 64), (100, 37)]:
+        seen = np.zeros((h, w), int)
+        levels = interlace.num_levels(h, w)
+        seen[::1 << levels, ::1 << levels] += 1
+        for p in interlace.passes(h, w):
+            for view in interlace.target_views(seen, p):
+                view += 1
+        assert (seen == 1).all(), (h, w)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_photo_round_trip_is_exact_and_small(photo, runtime):
+    data = pillow_nic.encode(photo, "RGB", lossless=True, runtime=runtime)
+    assert container.CODER_LOSSLESS in learned_coders(data)
+    assert np.array_equal(pillow_nic.decode(data, runtime=runtime).pixels, photo)
+    png_bytes = SAMPLE.stat().st_size  # the bundled sample as an optimised PNG
+    assert len(data) < 0.85 * png_bytes
+
+
+def test_runtimes_produce_identical_bits_and_cross_decode(photo):
+    crop = photo[:200, :300]
+    a = pillow_nic.encode(crop, "RGB", lossless=True, runtime="onnxruntime")
+    b = pillow_nic.encode(crop, "RGB", lossless=True, runtime="numpy")
+    assert a == b
+    assert np.array_equal(pillow_nic.decode(a, runtime="numpy").pixels, crop)
+    assert np.array_equal(pillow_nic.decode(b, runtime="onnxruntime").pixels, crop)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 17), (31, 7), (65, 129)])
+def test_modes_and_odd_sizes(mode, size):
+    arr = image_for_mode(mode, *size, seed=sum(size))
+    data = pillow_nic.encode(arr, mode, lossless=True)
+    assert np.array_equal(pillow_nic.decode(data).pixels, arr)
+
+
+def test_real_alpha_and_grey(photo):
+    grey = photo[..., 1]
+    yy, xx = np.mgrid[:photo.shape[0], :photo.shape[1]]
+    alpha = np.clip((xx - 100) * 2, 0, 255).astype(np.uint8)
+    rgba = np.dstack([photo, alpha])
+    for arr, mode in ((grey, "L"), (rgba, "RGBA")):
+        data = pillow_nic.encode(arr, mode, lossless=True)
+        assert container.CODER_LOSSLESS in learned_coders(data)
+        assert np.array_equal(pillow_nic.decode(data).pixels, arr)
+
+
+def test_flat_and_noise_pick_the_cheaper_coder():
+    flat = np.full((128, 128, 3), 200, np.uint8)
+    assert len(pillow_nic.encode(flat, "RGB", lossless=True)) < 300
+    noise = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    data = pillow_nic.encode(noise, "RGB", lossless=True)
+    assert len(data) <= noise.nbytes + 200
+    assert np.array_equal(pillow_nic.decode(data).pixels, noise)
+
+
+def test_corrupt_payload_with_valid_checksum_is_rejected(photo):
+    crop = photo[:64, :64]
+    package = models.default_model("lossless")
+    payload = bytearray(lossless.encode_tile(package, crop))
+    for pos in (0, len(payload) // 2, len(payload) - 4):
+        bad = bytearray(payload)
+        bad[pos] ^= 0xFF
+        try:
+            out = lossless.decode_tile(package, bytes(bad), crop.shape, 0)
+        except pillow_nic.NicError:
+            continue
+        assert not np.array_equal(out, crop) or bytes(bad) == bytes(payload)
+    with pytest.raises(pillow_nic.NicError):
+        lossless.decode_tile(package, bytes(payload[:-4]) + b"\x01", crop.shape, 0)
+
+
+@needs_kodak
+def test_kodak_image_round_trip_is_exact():
+    from PIL import Image
+
+    with Image.open(kodak_files()[0]) as im:
+        arr = np.asarray(im.convert("RGB"))
+    data = pillow_nic.encode(arr, "RGB", lossless=True)
+    assert np.array_equal(pillow_nic.decode(io.BytesIO(data)).pixels, arr)
+    assert 8 * len(data) / (arr.shape[0] * arr.shape[1]) < 12.0
