@@ -14,7 +14,7 @@ import zstandard
 from PIL import Image
 
 import pillow_nic
-from pillow_nic import NicError, container
+from pillow_nic import NicError, container, models
 from conftest import image_for_mode
 
 META = {"exif": b"II*\x00exif-data", "xmp": b"<xmp/>"}
@@ -22,7 +22,11 @@ META = {"exif": b"II*\x00exif-data", "xmp": b"<xmp/>"}
 
 @pytest.fixture(scope="module")
 def good() -> bytes:
-    return pillow_nic.encode(image_for_mode("RGBA", 40, 37), "RGBA", lossless=True, tile_size=16, metadata=META)
+    """A stored-coding RGBA file (no model), so field offsets are known."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "default_model", lambda kind, runtime=None: None)
+        return pillow_nic.encode(image_for_mode("RGBA", 40, 37), "RGBA", lossless=True, tile_size=16,
+                                 metadata=META)
 
 
 def header_length(data: bytes) -> int:
