@@ -179,11 +179,11 @@ def read_model(data: bytes) -> Graph:
                     node.outputs.append(v2.decode())
                 elif n2 == 4:
                     node.op_type = v2.decode()
-                elif n2 == 5 and v2:
-                    raise OnnxFormatError(f"operator domain {v2.decode()!r} is not supported")
-                elif n2 == 7:
+                elif n2 == 5:
                     k, v = _attribute(v2)
                     node.attrs[k] = v
+                elif n2 == 7 and v2:
+                    raise OnnxFormatError(f"operator domain {v2.decode()!r} is not supported")
             nodes.append(node)
         elif num == 5:
             name, arr = parse_tensor(val)

@@ -22,7 +22,66 @@ def clip(x, lo=None, hi=None):
     return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(x.dtype)
 
 
+def _pads(pads, kh: int, kw: int) -> tuple[int, int, int, int]:
+    """ONNX pads [top, left, bottom, right]."""
+    return tuple(pads) if pads else (0, 0, 0, 0)
+
+
+def conv(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1, kernel_shape=None,
+         auto_pad="NOTSET"):
+    """2-D convolution as one matrix product over sliding windows (im2col)."""
+    if group != 1 or tuple(dilations) != (1, 1) or auto_pad not in ("NOTSET", b"NOTSET"):
+        raise NotImplementedError("Conv: only group=1, dilation 1, explicit pads")
+    x = _f32(x)
+    w = _f32(w)
+    o, c, kh, kw = w.shape
+    t, l, btm, r = _pads(pads, kh, kw)
+    sh, sw = strides
+    if kh == kw == 1 and (sh, sw) == (1, 1) and not any((t, l, btm, r)):
+        out = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x, optimize=True)
+    else:
+        xp = np.pad(x, ((0, 0), (0, 0), (t, btm), (l, r)))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+        out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    if b is not None:
+        out = out + _f32(b)[None, :, None, None]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def conv_transpose(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1, kernel_shape=None,
+                   output_padding=None, auto_pad="NOTSET"):
+    """2-D transposed convolution: one matrix product, then each kernel tap is added
+    into the strided output (col2im)."""
+    if group != 1 or tuple(dilations) != (1, 1) or (output_padding and any(output_padding)):
+        raise NotImplementedError("ConvTranspose: only group=1, dilation 1, no output padding")
+    x = _f32(x)
+    w = _f32(w)
+    n, c, h, wd = x.shape
+    _, o, kh, kw = w.shape
+    sh, sw = strides
+    t, l, btm, r = _pads(pads, kh, kw)
+    cols = np.tensordot(x, w, axes=([1], [0]))  # (n, h, w, o, kh, kw)
+    full_h, full_w = (h - 1) * sh + kh, (wd - 1) * sw + kw
+    out = np.zeros((n, o, full_h, full_w), dtype=np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + (h - 1) * sh + 1:sh, j:j + (wd - 1) * sw + 1:sw] += cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    out = out[:, :, t:full_h - btm, l:full_w - r]
+    if b is not None:
+        out = out + _f32(b)[None, :, None, None]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def constant(*, value=None, **kwargs):
+    if value is None:
+        raise NotImplementedError("Constant: only the 'value' attribute")
+    return value
+
+
 OPS = {
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Constant": constant,
     "MatMul": matmul,
     "Add": lambda a, b: np.add(a, b, dtype=np.float32),
     "Sub": lambda a, b: np.subtract(a, b, dtype=np.float32),

@@ -80,11 +80,16 @@ def top_lattice(plane: np.ndarray, levels: int) -> np.ndarray:
     return plane[::step, ::step]
 
 
-def _clamped(arr: np.ndarray, dr: int, dc: int, rows: int, cols: int) -> np.ndarray:
-    """``arr[i+dr, j+dc]`` for an output of shape (rows, cols), indices clamped."""
-    r = np.clip(np.arange(dr, dr + rows), 0, arr.shape[0] - 1)
-    c = np.clip(np.arange(dc, dc + cols), 0, arr.shape[1] - 1)
-    return arr[r[:, None], c[None, :]]
+def _shifted(arr: np.ndarray, offsets: list[tuple[int, int]], rows: int, cols: int) -> list[np.ndarray]:
+    """For each (dr, dc): a (rows, cols) view of ``arr[i+dr, j+dc]`` with indices clamped
+    to the array (edge replication pads exactly as much as the offsets reach)."""
+    r, c = arr.shape
+    dr = [o[0] for o in offsets]
+    dc = [o[1] for o in offsets]
+    top, left = max(0, -min(dr)), max(0, -min(dc))
+    bottom, right = max(0, max(dr) + rows - r), max(0, max(dc) + cols - c)
+    padded = np.pad(arr, ((top, bottom), (left, right)), mode="edge")
+    return [padded[top + a:top + a + rows, left + b:left + b + cols] for a, b in offsets]
 
 
 def target_views(plane: np.ndarray, p: Pass) -> list[np.ndarray]:
@@ -95,28 +100,33 @@ def target_views(plane: np.ndarray, p: Pass) -> list[np.ndarray]:
     return [plane[0::2 * s, s::2 * s], plane[s::2 * s, 0::2 * s]]
 
 
-def _neighbours(plane: np.ndarray, p: Pass) -> list[np.ndarray]:
-    """For each target view of the pass, an (n, 16) int32 array of neighbours."""
+def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[tuple[list[np.ndarray], bool]]:
+    """Per target view of the pass: its 16 neighbour arrays (each shaped like the view,
+    or like its transpose when the flag is set)."""
     s = p.step
-    coarse = plane[0::2 * s, 0::2 * s].astype(np.int32)
+    coarse = plane[0::2 * s, 0::2 * s]
     if p.kind == "diag":
         (view,) = target_views(plane, p)
-        rows, cols = view.shape
-        cols_list = [_clamped(coarse, a, b, rows, cols) for a, b in DIAG_OFFSETS]
-        return [np.stack(cols_list, axis=-1).reshape(-1, NUM_NEIGHBOURS)]
-    diag = plane[s::2 * s, s::2 * s].astype(np.int32)
+        return [(_shifted(coarse, list(DIAG_OFFSETS), *view.shape), False)]
+    diag = plane[s::2 * s, s::2 * s]
     if diag.size == 0:  # a single row or column of lattice: nothing in between
         diag = coarse
     out = []
     for transpose, view in zip((False, True), target_views(plane, p)):
+        if view.size == 0:
+            out.append(([], transpose))
+            continue
         k, d = (coarse.T, diag.T) if transpose else (coarse, diag)
         rows, cols = view.T.shape if transpose else view.shape
-        lattices = {"k": k, "d": d}
-        cols_list = [_clamped(lattices[name], a, b, rows, cols) for name, a, b in EDGE_OFFSETS]
-        block = np.stack(cols_list, axis=-1)
-        if transpose:
-            block = block.transpose(1, 0, 2)
-        out.append(block.reshape(-1, NUM_NEIGHBOURS))
+        by_lattice = {"k": [], "d": []}
+        for i, (name, a, b) in enumerate(EDGE_OFFSETS):
+            by_lattice[name].append((i, (a, b)))
+        blocks: list[np.ndarray] = [None] * NUM_NEIGHBOURS  # type: ignore[list-item]
+        for name, arr in (("k", k), ("d", d)):
+            idx = [i for i, _ in by_lattice[name]]
+            for i, v in zip(idx, _shifted(arr, [o for _, o in by_lattice[name]], rows, cols)):
+                blocks[i] = v
+        out.append((blocks, transpose))
     return out
 
 
@@ -136,21 +146,40 @@ class PassContext:
         self._earlier: list[np.ndarray] = []  # per earlier plane: (n, 5) cross features
 
     def features(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features (n, F) int32, base prediction (n,) int32) for the next plane."""
-        nb = np.concatenate(_neighbours(plane, self.p), axis=0)
-        base = nb[:, list(_nearest(self.p))].sum(axis=1) >> 2
-        diffs = nb - base[:, None]
-        level = np.full((nb.shape[0], 1), self.p.level, dtype=np.int32)
-        feats = np.concatenate([diffs] + self._earlier + [level], axis=1)
-        self._diffs, self._base = diffs, base
+        """(features (n, F) float32 holding integers, base prediction (n,) int32)
+        for the next plane."""
+        blocks = _neighbour_blocks(plane, self.p)
+        n = sum(b[0].size for b, _ in blocks if b)
+        width = num_features(len(self._earlier))
+        feats = np.empty((n, width), dtype=np.float32)
+        base = np.empty(n, dtype=np.int32)
+        start = 0
+        nearest = _nearest(self.p)
+        for nb, transpose in blocks:
+            if not nb:
+                continue
+            size = nb[0].size
+            rows, cols = nb[0].shape
+            b = (nb[nearest[0]] + nb[nearest[1]] + nb[nearest[2]] + nb[nearest[3]]).astype(np.int32) >> 2
+            part = feats[start:start + size]
+            for j, v in enumerate(nb):
+                col = part[:, j].reshape((cols, rows) if transpose else (rows, cols))
+                col[...] = (v - b).T if transpose else v - b
+            base[start:start + size] = (b.T if transpose else b).ravel()
+            start += size
+        col = NUM_NEIGHBOURS
+        for earlier in self._earlier:
+            feats[:, col:col + CROSS_FEATURES] = earlier
+            col += CROSS_FEATURES
+        feats[:, col] = self.p.level
+        self._nearest_diffs = feats[:, list(nearest)].astype(np.int32)
+        self._base = base
         return feats, base
 
     def add_coded(self, plane: np.ndarray) -> None:
         """Record the just-coded plane's values at the targets for later planes."""
-        values = np.concatenate([v.reshape(-1) for v in target_views(plane, self.p)]).astype(np.int32)
-        residual = (values - self._base)[:, None]
-        nearest = self._diffs[:, list(_nearest(self.p))]
-        self._earlier.append(np.concatenate([residual, nearest], axis=1))
+        residual = (target_values(plane, self.p).astype(np.int32) - self._base)[:, None]
+        self._earlier.append(np.concatenate([residual, self._nearest_diffs], axis=1))
 
 
 def target_values(plane: np.ndarray, p: Pass) -> np.ndarray:

@@ -65,7 +65,7 @@ def _tables_for(package) -> _Tables:
 
 def _predict(package, key: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean in half levels, table row) per pixel, integers."""
-    (pred,) = package.graph(key).run(["pred"], {"features": feats.astype(np.float32)})
+    (pred,) = package.graph(key).run(["pred"], {"features": np.asarray(feats, dtype=np.float32)})
     pred = pred.astype(np.int64)
     return pred[:, 0], np.clip(pred[:, 1], 0, SCALE_BINS - 1)
 
@@ -73,8 +73,8 @@ def _predict(package, key: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _groups(base: np.ndarray, mean_half: np.ndarray, row: np.ndarray, spec: PlaneSpec):
     """Centres, the grouping permutation, and (table index, start, end) of each group."""
     centre = np.clip(base + (mean_half >> 1), spec.lo, spec.hi)
-    table = row * 2 + (mean_half & 1)
-    order = np.argsort(table, kind="stable")
+    table = (row * 2 + (mean_half & 1)).astype(np.int16)
+    order = np.argsort(table, kind="stable")  # a radix sort for int16
     sorted_tables = table[order]
     starts = np.flatnonzero(np.r_[True, sorted_tables[1:] != sorted_tables[:-1]]) if len(order) else []
     bounds = list(starts) + [len(order)]

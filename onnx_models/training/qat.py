@@ -28,15 +28,21 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def weight_exponent(w: torch.Tensor) -> int:
-    """Largest e with max|w| * 2**e <= 127: the weight grid of a layer."""
-    m = float(w.detach().abs().max())
-    return int(math.floor(math.log2(127 / m))) if m > 0 else 0
+MAX_EXPONENT = 16  # keeps biases of near-zero channels far below 2**24
 
 
-def fake_quant_weights(w: torch.Tensor, b: torch.Tensor, act_exp: int) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_exponent(w: torch.Tensor, per_column: bool = False):
+    """Largest e with max|w| * 2**e <= 127: the weight grid of a layer, or (per_column)
+    of each output column of a (fan_in, fan_out) matrix."""
+    m = w.detach().abs().amax(dim=0) if per_column else w.detach().abs().max()
+    e = torch.floor(torch.log2(127 / torch.clamp(m, min=1e-12))).clamp(max=MAX_EXPONENT)
+    return e if per_column else int(e)
+
+
+def fake_quant_weights(w: torch.Tensor, b: torch.Tensor, act_exp: int,
+                       per_column: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights on their power-of-two grid, bias on the grid of the layer's sums."""
-    e = weight_exponent(w)
+    e = weight_exponent(w, per_column)
     return ste_round(w * 2 ** e) / 2 ** e, ste_round(b * 2 ** (e + act_exp)) / 2 ** (e + act_exp)
 
 
@@ -59,25 +65,31 @@ def output_quantise(mean: torch.Tensor, log_scale: torch.Tensor, mean_bits: int,
     return mean, SCALE_MIN + (idx + 0.5) * SCALE_STEP
 
 
-def export_hidden(w: torch.Tensor, b: torch.Tensor, act_exp: int) -> dict:
+def _as_columns(e, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(e, dtype=np.int64), (n,)).copy()
+
+
+def export_hidden(w: torch.Tensor, b: torch.Tensor, act_exp: int, per_column: bool = False) -> dict:
     """Integer weights, bias and shift of a hidden layer whose input grid is 2**-act_exp."""
-    e = weight_exponent(w)
+    e = weight_exponent(w, per_column)
     grid = e + act_exp
+    shift = _as_columns(grid - ACT_BITS if per_column else [grid - ACT_BITS], b.shape[0] if per_column else 1)
     return dict(weight=torch.round(w * 2 ** e).numpy(), bias=torch.round(b * 2 ** grid).numpy(),
-                shift=np.array([grid - ACT_BITS]), clip_max=HIDDEN_CLIP)
+                shift=shift, clip_max=HIDDEN_CLIP)
 
 
-def export_output(w: torch.Tensor, b: torch.Tensor, act_exp: int, mean_bits: int) -> dict:
+def export_output(w: torch.Tensor, b: torch.Tensor, act_exp: int, mean_bits: int, per_column: bool = False) -> dict:
     """Integer output layer.  Its columns are [means..., scales...] in two equal halves:
     means become rounded multiples of 2**-mean_bits (in those units), scales table rows."""
-    e = weight_exponent(w)
-    grid = e + act_exp
+    e = weight_exponent(w, per_column)
+    grid = _as_columns(e + act_exp, b.shape[0])
     k = -int(round(math.log2(SCALE_STEP)))
-    if grid < max(k, mean_bits + 1):
-        raise ValueError("output grid too coarse for the mean and scale grids")
     half = b.shape[0] // 2
-    s0, s1 = grid - mean_bits, grid - k
-    b_mean = torch.round(b[:half] * 2 ** grid) + 2 ** (s0 - 1)
-    b_scale = torch.round((b[half:] - SCALE_MIN) * 2 ** grid)
+    if grid[:half].min() < mean_bits + 1 or grid[half:].min() < k:
+        raise ValueError("output grid too coarse for the mean and scale grids")
+    g = torch.from_numpy(grid).to(b.dtype)
+    shift = np.concatenate([grid[:half] - mean_bits, grid[half:] - k])
+    b_mean = torch.round(b[:half] * 2 ** g[:half]) + 2 ** (torch.from_numpy(shift[:half]).to(b.dtype) - 1)
+    b_scale = torch.round((b[half:] - SCALE_MIN) * 2 ** g[half:])
     return dict(weight=torch.round(w * 2 ** e).numpy(), bias=torch.cat([b_mean, b_scale]).numpy(),
-                shift=np.array([s0] * half + [s1] * half), clip_max=None)
+                shift=shift, clip_max=None)

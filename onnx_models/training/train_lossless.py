@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,8 +76,9 @@ def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator)
 class Predictor(torch.nn.Module):
     """MLP with a capped ReLU; ``quantised=True`` runs the integer contract (STE)."""
 
-    def __init__(self, n_in: int, hidden: list[int]):
+    def __init__(self, n_in: int, hidden: list[int], per_column: bool = False):
         super().__init__()
+        self.per_column = per_column
         sizes = [n_in] + hidden + [2]
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         with torch.no_grad():
@@ -95,7 +95,7 @@ class Predictor(torch.nn.Module):
         n = len(self.layers)
         for i, (w, b) in enumerate(self.weights()):
             if quantised:
-                w, b = qat.fake_quant_weights(w, b, act_exp)
+                w, b = qat.fake_quant_weights(w, b, act_exp, self.per_column)
             z = h @ w + b
             if i < n - 1:
                 h = qat.hidden_activation(z, quantised)
@@ -123,10 +123,10 @@ def to_int_layers(model: Predictor) -> list[dict]:
     with torch.no_grad():
         for i, (w, b) in enumerate(model.weights()):
             if i < n - 1:
-                layers.append(qat.export_hidden(w, b, act_exp))
+                layers.append(qat.export_hidden(w, b, act_exp, model.per_column))
                 act_exp = qat.ACT_BITS
             else:
-                layers.append(qat.export_output(w, b, act_exp, MEAN_BITS))
+                layers.append(qat.export_output(w, b, act_exp, MEAN_BITS, model.per_column))
     return layers
 
 
@@ -162,7 +162,7 @@ def main() -> None:
     print(f"data: {len(train_files)} train / {len(val_files)} val images, "
           f"{sum(len(v[1]) for v in train.values())} samples, {time.time() - t0:.0f}s", flush=True)
 
-    models = {k: Predictor(train[k][0].shape[1], cfg["hidden"]) for k in train}
+    models = {k: Predictor(train[k][0].shape[1], cfg["hidden"], cfg.get("per_column", False)) for k in train}
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     step = 0

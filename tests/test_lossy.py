@@ -1,0 +1,91 @@
+"""Lossy mode with the real released model: rate follows quality, both runtimes decode
+the same latents, reconstructions agree within one level, alpha stays lossless."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pillow_nic
+from pillow_nic import container, lossy, metrics, models
+from conftest import image_for_mode
+
+pytestmark = pytest.mark.skipif(models.default_model("lossy") is None, reason="no lossy model released")
+
+
+@pytest.fixture(scope="module")
+def crop(photo) -> np.ndarray:
+    return photo[:192, :256]
+
+
+def test_rate_and_quality_increase_with_quality(crop):
+    sizes, psnrs = [], []
+    for q in (5, 30, 60, 95):
+        data = pillow_nic.encode(crop, "RGB", lossless=False, quality=q)
+        sizes.append(len(data))
+        psnrs.append(metrics.psnr(crop, pillow_nic.decode(data).pixels))
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
+    assert psnrs == sorted(psnrs)
+    assert psnrs[-1] > 24
+
+
+def test_header_records_lossy_layer(crop):
+    data = pillow_nic.encode(crop, "RGB", lossless=False, quality=42)
+    layer = pillow_nic.read_info(data).layers[0]
+    assert layer.coding == container.LOSSY and layer.quality == 42
+    assert {t.coder for t in layer.tiles} == {container.CODER_LOSSY}
+    assert layer.model_name.startswith("nic-lossy")
+
+
+def test_numpy_runtime_decodes_within_one_level(crop):
+    data = pillow_nic.encode(crop, "RGB", lossless=False, quality=50)
+    a = pillow_nic.decode(data, runtime="onnxruntime").pixels.astype(int)
+    b = pillow_nic.decode(data, runtime="numpy").pixels.astype(int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_numpy_encoded_file_decodes_with_onnxruntime(crop):
+    data = pillow_nic.encode(crop, "RGB", lossless=False, quality=50, runtime="numpy")
+    out = pillow_nic.decode(data, runtime="onnxruntime").pixels
+    assert metrics.psnr(crop, out) > 20
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (63, 65), (130, 70)])
+def test_odd_sizes(size):
+    arr = image_for_mode("RGB", *size)
+    out = pillow_nic.decode(pillow_nic.encode(arr, "RGB", lossless=False, quality=80)).pixels
+    assert out.shape == arr.shape
+
+
+def test_rgba_alpha_is_exact_and_grey_stays_grey(crop):
+    alpha = np.tile(np.arange(crop.shape[1], dtype=np.uint8), (crop.shape[0], 1))
+    rgba = np.dstack([crop, alpha])
+    out = pillow_nic.decode(pillow_nic.encode(rgba, "RGBA", lossless=False, quality=70)).pixels
+    assert np.array_equal(out[..., 3], alpha)
+    grey = crop[..., 1]
+    out = pillow_nic.decode(pillow_nic.encode(grey, "L", lossless=False, quality=70))
+    assert out.mode == "L" and out.pixels.shape == grey.shape
+    assert metrics.psnr(grey, out.pixels) > 20
+
+
+def test_pillow_save_quality(crop):
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, "NIC", quality=60)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        assert im.info["lossless"] is False
+        assert metrics.psnr(crop, np.asarray(im)) > 20
+
+
+def test_corrupt_lossy_payload_with_valid_checksum(crop):
+    package = models.default_model("lossy")
+    payload = lossy.encode_tile(package, crop, 50)
+    with pytest.raises(pillow_nic.NicError):
+        lossy.decode_tile(package, payload[:6], crop.shape, 50, 0)
+    with pytest.raises(pillow_nic.NicError):
+        lossy.decode_tile(package, payload, (crop.shape[0] + 64, crop.shape[1], 3), 50, 0)
+    with pytest.raises(pillow_nic.NicError):
+        lossy.decode_tile(package, payload + b"\x01\x00\x00\x00", crop.shape, 50, 0)
