@@ -305,29 +305,37 @@ class PhotoStore:
             return None
         return nic if len(nic) < len(data) else None
 
+    def _store_compressed(self, src: Path, real: Path) -> bool:
+        """Store the file ``src`` as ``real``'s `.nic` if that is possible and smaller,
+        keeping its mode and times; False (nothing changed) otherwise."""
+        nic = self._encode(src.read_bytes(), real.name)
+        if nic is None:
+            return False
+        st = os.stat(src)
+        staged = self._temp_for(real)
+        with open(staged, "wb") as f:
+            f.write(nic)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(staged, st.st_mode & 0o7777)
+        os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(staged, real.with_name(real.name + NIC_SUFFIX))
+        real.unlink(missing_ok=True)
+        self._fsync_dir(real.parent)
+        return True
+
     def _commit(self, handle: Handle) -> None:
         """Make the staged content the file's content, atomically."""
         real = self._real(handle.path)
-        data = handle.temp.read_bytes()
-        nic = self._encode(data, real.name) if self._servable(real.name) else None
         with self.lock:
-            if nic is not None:
-                staged = self._temp_for(real)
-                with open(staged, "wb") as f:
-                    f.write(nic)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(staged, os.stat(handle.temp).st_mode & 0o7777)
-                os.replace(staged, real.with_name(real.name + NIC_SUFFIX))
-                real.unlink(missing_ok=True)
-            else:
-                with open(handle.temp, "r+b") as f:
-                    os.fsync(f.fileno())
+            with open(handle.temp, "r+b") as f:
+                os.fsync(f.fileno())
+            if not (self._servable(real.name) and self._store_compressed(handle.temp, real)):
                 committed = self._temp_for(real)
                 os.link(handle.temp, committed)
                 os.replace(committed, real)
                 real.with_name(real.name + NIC_SUFFIX).unlink(missing_ok=True)
-            self._fsync_dir(real.parent)
+                self._fsync_dir(real.parent)
         handle.dirty = False
 
     @staticmethod
@@ -348,6 +356,14 @@ class PhotoStore:
 
     def unlink(self, path: str) -> None:
         with self.lock:
+            staged = self.staged.pop(self._key(path), None)
+            if staged is not None:  # still being written: it will not be committed
+                staged.dirty = False
+                try:
+                    self._backing_of(path).unlink()
+                except OSError:
+                    pass
+                return
             self._backing_of(path).unlink()
 
     def rename(self, old: str, new: str) -> None:
@@ -367,6 +383,9 @@ class PhotoStore:
                 staged.write_bytes(self.served_bytes(old))
                 os.replace(staged, dst)
                 src.unlink()
+            elif src.is_file() and self._servable(dst.name) and self._store_compressed(src, dst):
+                src.unlink()
+                return
             else:
                 os.replace(src, dst)
             if dst_nic != src:
@@ -381,11 +400,16 @@ class PhotoStore:
             raise _err(errno.ENOTEMPTY, path)
         real.rmdir()
 
+    def _attr_target(self, path: str) -> Path:
+        """Where attributes of ``path`` live: an open writer's staging file, else BACKING."""
+        staged = self.staged.get(self._key(path))
+        return staged.temp if staged is not None else self._backing_of(path)
+
     def chmod(self, path: str, mode: int) -> None:
-        os.chmod(self._backing_of(path), mode & 0o7777)
+        os.chmod(self._attr_target(path), mode & 0o7777)
 
     def utimens(self, path: str, times: tuple[int, int] | None) -> None:
-        os.utime(self._backing_of(path), ns=times)
+        os.utime(self._attr_target(path), ns=times)
 
     def statfs(self) -> dict:
         st = os.statvfs(self.backing)

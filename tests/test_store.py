@@ -188,3 +188,12 @@ def test_lossy_option(tmp_path, photo):
     write(store, "/q.png", png_bytes(photo))
     with Image.open(io.BytesIO(read_all(store, "/q.png"))) as im:
         assert im.size == (photo.shape[1], photo.shape[0])
+
+
+def test_temp_file_renamed_to_image_name_is_compressed(store, tmp_path, photo):
+    write(store, "/.upload.tmp", png_bytes(photo))
+    assert (tmp_path / ".upload.tmp").exists()
+    store.rename("/.upload.tmp", "/final.png")
+    assert (tmp_path / "final.png.nic").exists() and not (tmp_path / ".upload.tmp").exists()
+    with Image.open(io.BytesIO(read_all(store, "/final.png"))) as im:
+        assert np.array_equal(np.asarray(im), photo)
