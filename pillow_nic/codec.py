@@ -109,6 +109,8 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
     size = tile_size or DEFAULT_TILE[colour_coding]
     if not (container.MIN_TILE <= size <= container.MAX_TILE and size % 16 == 0):
         raise ValueError(f"tile_size must be a multiple of 16 from {container.MIN_TILE} to {container.MAX_TILE}")
+    if colour_coding == LOSSY and size % 64:
+        raise ValueError("lossy coding needs a tile_size that is a multiple of 64")
     header = Header(mode, pixels.shape[1], pixels.shape[0], size, [])
     boxes = [header.tile_box(i) for i in range(header.tiles_x * header.tiles_y)]
     payloads = []
@@ -119,20 +121,11 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
             raise ValueError("lossy coding needs a lossy model and none is installed; use lossless=True")
         if coding == LOSSLESS and (mode in ("1", "I;16") or model is None):
             coding, model = STORED, None
-        coder = _tile_coder(coding, model, planes, quality, mode)
-
-        def code_tile(box: tuple[int, int, int, int]) -> tuple[int, bytes]:
-            x0, y0, x1, y1 = box
-            tile = layer_pixels[y0:y1, x0:x1]
-            candidates = _stored_candidates(tile)
-            if coder is not None:
-                candidates.append(coder(tile))
-            if coding == LOSSY:  # the learned candidate is the point of lossy coding
-                return candidates[-1]
-            return min(candidates, key=lambda c: len(c[1]))
-
-        with ThreadPoolExecutor(_workers()) as pool:
-            coded = list(pool.map(code_tile, boxes))
+        if coding == LOSSY:
+            from . import lossy
+            coded = [(CODER_LOSSY, d) for d in lossy.encode_layer(model, layer_pixels, boxes, quality, _workers())]
+        else:
+            coded = _code_tiles(layer_pixels, boxes, model if coding == LOSSLESS else None)
         if coding == LOSSLESS and all(c != CODER_LOSSLESS for c, _ in coded):
             coding, model = STORED, None  # no tile needed the model: do not depend on it
         layer = Layer(planes, coding, quality if coding == LOSSY else 0,
@@ -145,15 +138,19 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
     return out.getvalue()
 
 
-def _tile_coder(coding: int, model, planes: int, quality: int, mode: str):
-    """The learned candidate for a tile, or None for stored layers."""
-    if coding == LOSSLESS:
-        from . import lossless
-        return lambda tile: (CODER_LOSSLESS, lossless.encode_tile(model, tile))
-    if coding == LOSSY:
-        from . import lossy
-        return lambda tile: (CODER_LOSSY, lossy.encode_tile(model, tile, quality))
-    return None
+def _code_tiles(pixels: np.ndarray, boxes: list, model) -> list[tuple[int, bytes]]:
+    """Per tile, the smallest of raw, zstd and (with a lossless model) the learned coder."""
+    def code_tile(box: tuple[int, int, int, int]) -> tuple[int, bytes]:
+        x0, y0, x1, y1 = box
+        tile = pixels[y0:y1, x0:x1]
+        candidates = _stored_candidates(tile)
+        if model is not None:
+            from . import lossless
+            candidates.append((CODER_LOSSLESS, lossless.encode_tile(model, tile)))
+        return min(candidates, key=lambda c: len(c[1]))
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        return list(pool.map(code_tile, boxes))
 
 
 def read_info(source: bytes | BinaryIO | str | os.PathLike) -> Header:
@@ -201,14 +198,20 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
         dtype = _sample_dtype(header.mode)
         shape = (header.height, header.width) + ((layer.planes,) if layer.planes > 1 else ())
         out = np.empty(shape, dtype=dtype)
+        boxes = [header.tile_box(ti) for ti in range(len(layer.tiles))]
+        learned_lossy = [ti for ti, t in enumerate(layer.tiles) if t.coder == CODER_LOSSY]
 
         def decode_tile(ti: int) -> None:
-            x0, y0, x1, y1 = header.tile_box(ti)
+            x0, y0, x1, y1 = boxes[ti]
             tshape = (y1 - y0, x1 - x0) + shape[2:]
-            out[y0:y1, x0:x1] = _decode_tile(layer, layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
+            out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
 
         with ThreadPoolExecutor(_workers()) as pool:
-            list(pool.map(decode_tile, range(len(layer.tiles))))
+            list(pool.map(decode_tile, [ti for ti in range(len(layer.tiles)) if ti not in set(learned_lossy)]))
+        if learned_lossy:
+            from . import lossy
+            lossy.decode_layer(model, {ti: payloads[ti] for ti in learned_lossy}, boxes, header.tiles_x,
+                               layer.quality, out, _workers())
         layer_arrays.append(out)
     if len(layer_arrays) == 1:
         pixels = layer_arrays[0]
@@ -218,7 +221,7 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
     return Decoded(header.mode, pixels, meta)
 
 
-def _decode_tile(layer: Layer, coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model,
+def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model,
                  index: int) -> np.ndarray:
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if coder == CODER_ZSTD:
@@ -230,8 +233,5 @@ def _decode_tile(layer: Layer, coder: int, data: bytes, shape: tuple[int, ...], 
         if len(data) != nbytes:
             raise NicError(f"tile {index}: {len(data)} sample bytes, expected {nbytes}")
         return np.frombuffer(data, dtype=dtype).reshape(shape)
-    if coder == CODER_LOSSLESS:
-        from . import lossless
-        return lossless.decode_tile(model, data, shape, index)
-    from . import lossy
-    return lossy.decode_tile(model, data, shape, layer.quality, index)
+    from . import lossless
+    return lossless.decode_tile(model, data, shape, index)

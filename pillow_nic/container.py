@@ -155,6 +155,8 @@ def read_header(fp: BinaryIO) -> Header:
             raise NicError(f"layer {li}: unknown coding {coding}")
         if coding == LOSSY and (li > 0 or mode in ("1", "I;16")):
             raise NicError(f"layer {li}: lossy coding is not allowed for this layer of mode {mode}")
+        if coding == LOSSY and tile_size % 64:
+            raise NicError(f"layer {li}: lossy coding needs a tile size that is a multiple of 64, not {tile_size}")
         if (coding == LOSSY) != (1 <= quality <= 100) or (coding != LOSSY and quality != 0):
             raise NicError(f"layer {li}: invalid quality {quality} for {CODINGS[coding]} coding")
         if name_len > 64 or (name_len == 0) != (coding == STORED):

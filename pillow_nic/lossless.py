@@ -44,17 +44,24 @@ def _plane_specs(n_planes: int) -> tuple[PlaneSpec, ...]:
 
 
 class _Tables:
-    """constriction models for every (row, offset) of a package's two table families."""
+    """constriction models for every (row, offset) of a package's two table families.
+
+    The number of offsets per row (a power of two) is the package's mean resolution:
+    the network's mean output counts in 1/offsets of a level."""
 
     def __init__(self, tables: dict[str, np.ndarray]):
         self.models: dict[int, list] = {}
+        self.offsets = tables["family255"].shape[1]
+        if self.offsets & (self.offsets - 1) or not 1 <= self.offsets <= 16:
+            raise NicError(f"model tables have {self.offsets} mean offsets (not a power of two up to 16)")
+        self.mean_shift = self.offsets.bit_length() - 1
         for radius in (255, 510):
             family = tables[f"family{radius}"]
-            if family.shape != (SCALE_BINS, 2, 2 * radius + 1):
+            if family.shape != (SCALE_BINS, self.offsets, 2 * radius + 1):
                 raise NicError(f"model tables family{radius} have shape {family.shape}")
             self.models[radius] = [
                 constriction.stream.model.Categorical(family[row, off].astype(np.float64), perfect=False)
-                for row in range(SCALE_BINS) for off in range(2)]
+                for row in range(SCALE_BINS) for off in range(self.offsets)]
         self.uniform = {255: constriction.stream.model.Uniform(256), 510: constriction.stream.model.Uniform(511)}
 
 
@@ -64,16 +71,16 @@ def _tables_for(package) -> _Tables:
 
 
 def _predict(package, key: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean in half levels, table row) per pixel, integers."""
+    """(mean in 1/offsets levels, table row) per pixel, integers."""
     (pred,) = package.graph(key).run(["pred"], {"features": np.asarray(feats, dtype=np.float32)})
     pred = pred.astype(np.int64)
     return pred[:, 0], np.clip(pred[:, 1], 0, SCALE_BINS - 1)
 
 
-def _groups(base: np.ndarray, mean_half: np.ndarray, row: np.ndarray, spec: PlaneSpec):
+def _groups(base: np.ndarray, mean_q: np.ndarray, row: np.ndarray, spec: PlaneSpec, tables: _Tables):
     """Centres, the grouping permutation, and (table index, start, end) of each group."""
-    centre = np.clip(base + (mean_half >> 1), spec.lo, spec.hi)
-    table = (row * 2 + (mean_half & 1)).astype(np.int16)
+    centre = np.clip(base + (mean_q >> tables.mean_shift), spec.lo, spec.hi)
+    table = (row * tables.offsets + (mean_q & (tables.offsets - 1))).astype(np.int16)
     order = np.argsort(table, kind="stable")  # a radix sort for int16
     sorted_tables = table[order]
     starts = np.flatnonzero(np.r_[True, sorted_tables[1:] != sorted_tables[:-1]]) if len(order) else []
@@ -99,8 +106,8 @@ def encode_tile(package, tile: np.ndarray) -> bytes:
         ctx = interlace.PassContext(p)
         for plane, spec in zip(planes, specs):
             feats, base = ctx.features(plane)
-            mean_half, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
-            centre, order, groups = _groups(base, mean_half, row, spec)
+            mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
+            centre, order, groups = _groups(base, mean_q, row, spec, tables)
             symbols = (interlace.target_values(plane, p) - centre + spec.radius)[order]
             for table, s, e in groups:
                 steps.append((tables.models[spec.radius][table], symbols[s:e]))
@@ -129,8 +136,8 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int) -> np.
         ctx = interlace.PassContext(p)
         for plane, spec in zip(planes, specs):
             feats, base = ctx.features(plane)
-            mean_half, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
-            centre, order, groups = _groups(base, mean_half, row, spec)
+            mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
+            centre, order, groups = _groups(base, mean_q, row, spec, tables)
             symbols = np.empty(len(order), dtype=np.int64)
             for table, s, e in groups:
                 symbols[s:e] = coder.decode(tables.models[spec.radius][table], e - s)

@@ -1,6 +1,8 @@
-"""Coder 3: learned lossy coding of one tile (FORMAT.md, "Coder 3").
+"""Coder 3: learned lossy coding of a layer's tiles (FORMAT.md, "Coder 3").
 
-Encoder graph -> latents y and hyper-latents z (padded to a multiple of 64).
+Encoder graph -> latents y and hyper-latents z of each tile, computed with a
+margin of neighbouring pixels; decoding synthesises each tile from its latents
+plus a halo of its neighbours' latents, so tiles show no seams.
 z is rounded and coded under per-channel table rows; the integer-exact hyper
 graph turns z into latent means and table rows, identical on every runtime; y is
 coded as round(y - mean) under those rows; the decoder graph rebuilds pixels.
@@ -21,7 +23,9 @@ from .tables import SCALE_BINS
 
 MEAN_BITS = 3
 LATENT_CLIP = 127
-ALIGN = 64
+ALIGN = 64    # tiles are padded to multiples of this (one hyper-latent); lossy tile sizes are multiples
+MARGIN = 64   # pixels of neighbouring image the encoder sees around a tile (one hyper-latent)
+HALO = 4      # latents of neighbouring tiles the decoder sees around a tile's own
 _HEAD = struct.Struct("<HHHH")  # z height, z width, y channels, z channels
 
 
@@ -61,7 +65,7 @@ def _lossy_for(package) -> _Lossy:
     return _Lossy(package)
 
 
-def _code_groups(rows: np.ndarray, symbols: np.ndarray | None):
+def _code_groups(rows: np.ndarray):
     """Stable grouping of symbols by table row: (order, [(row, start, end)])."""
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
@@ -76,16 +80,31 @@ def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pred[0, :m].astype(np.int64), np.clip(pred[0, m:], 0, SCALE_BINS - 1).astype(np.int64)
 
 
-def encode_tile(package, tile: np.ndarray, quality: int) -> bytes:
-    """Code an (h, w, 3) or (h, w) uint8 tile at ``quality``."""
-    lossy = _lossy_for(package)
-    rgb = np.repeat(tile[..., None], 3, axis=2) if tile.ndim == 2 else tile
-    h, w = rgb.shape[:2]
-    ph, pw = -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN
-    padded = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+def _window(box: tuple[int, int, int, int], width: int, height: int, margin: int):
+    """The box grown by ``margin`` on every side that is inside the image."""
+    x0, y0, x1, y1 = box
+    return max(0, x0 - margin), max(0, y0 - margin), min(width, x1 + margin), min(height, y1 + margin)
+
+
+def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray):
+    """Latents y and hyper-latents z of one tile, computed with MARGIN pixels of context."""
+    h_img, w_img = rgb.shape[:2]
+    wx0, wy0, wx1, wy1 = _window(box, w_img, h_img, MARGIN)
+    window = rgb[wy0:wy1, wx0:wx1]
+    ph, pw = -(-window.shape[0] // ALIGN) * ALIGN, -(-window.shape[1] // ALIGN) * ALIGN
+    padded = np.pad(window, ((0, ph - window.shape[0]), (0, pw - window.shape[1]), (0, 0)), mode="edge")
     image = (padded.astype(np.float32) / 255).transpose(2, 0, 1)[None]
-    gain, _ = lossy.gains(quality)
     y, z = package.graph("encoder").run(["y", "z"], {"image": image, "gain": gain[None, :, None, None]})
+    x0, y0, x1, y1 = box
+    zh, zw = -(-(y1 - y0) // ALIGN), -(-(x1 - x0) // ALIGN)
+    oy, ox = (y0 - wy0) // ALIGN, (x0 - wx0) // ALIGN
+    r = ALIGN // 16
+    return (y[:, :, oy * r:(oy + zh) * r, ox * r:(ox + zw) * r], z[:, :, oy:oy + zh, ox:ox + zw])
+
+
+def encode_tile(package, y: np.ndarray, z: np.ndarray, quality: int) -> bytes:
+    """Entropy-code one tile's latents (from ``_analyse``) at ``quality``."""
+    lossy = _lossy_for(package)
     z_hat = np.clip(np.round(z), -LATENT_CLIP, LATENT_CLIP).astype(np.int64)
     mean8, rows = _hyper(package, z_hat)
     mean = mean8.astype(np.float32) / (1 << MEAN_BITS)
@@ -94,7 +113,7 @@ def encode_tile(package, tile: np.ndarray, quality: int) -> bytes:
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], z_hat.shape[1:]).ravel()
     steps = []
     for sym, row in ((z_hat[0].ravel(), z_rows), (sym_y, rows.ravel())):
-        order, groups = _code_groups(row, sym)
+        order, groups = _code_groups(row)
         ordered = (sym[order] + LATENT_CLIP).astype(np.int32)
         steps += [(lossy.models[r], ordered[s:e]) for r, s, e in groups]
     coder = constriction.stream.stack.AnsCoder()
@@ -104,10 +123,26 @@ def encode_tile(package, tile: np.ndarray, quality: int) -> bytes:
     return head + coder.get_compressed().astype("<u4").tobytes()
 
 
-def decode_tile(package, data: bytes, shape: tuple[int, ...], quality: int, index: int) -> np.ndarray:
-    """Inverse of encode_tile; NicError if the payload does not fit the tile or model."""
+def encode_layer(package, pixels: np.ndarray, boxes: list, quality: int, workers: int) -> list[bytes]:
+    """Payloads of every tile of an (h, w, 3) or (h, w) uint8 layer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+    gain, _ = _lossy_for(package).gains(quality)
+
+    def one(box):
+        y, z = _analyse(package, rgb, box, gain)
+        return encode_tile(package, y, z, quality)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, boxes))
+
+
+def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, index: int) -> np.ndarray:
+    """The dequantised latents (1, M, h/16, w/16 rounded up to 4) of one tile, float16
+    (exact: multiples of 1/8 below 2**11)."""
     lossy = _lossy_for(package)
-    h, w = shape[:2]
+    h, w = shape
     if len(data) < _HEAD.size or (len(data) - _HEAD.size) % 4:
         raise NicError(f"tile {index}: lossy payload has an invalid length")
     zh, zw, yc, zc = _HEAD.unpack_from(data)
@@ -118,7 +153,7 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], quality: int, inde
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], (zc, zh, zw)).ravel()
 
     def decode_symbols(rows: np.ndarray) -> np.ndarray:
-        order, groups = _code_groups(rows, None)
+        order, groups = _code_groups(rows)
         out = np.empty(len(rows), dtype=np.int64)
         sorted_syms = np.empty(len(rows), dtype=np.int64)
         for r, s, e in groups:
@@ -131,11 +166,63 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], quality: int, inde
     sym_y = decode_symbols(rows.ravel()).reshape(rows.shape)
     if not coder.is_empty():
         raise NicError(f"tile {index}: unused data after the last latent (corrupt data)")
-    latents = (sym_y + mean8.astype(np.float32) / (1 << MEAN_BITS)).astype(np.float32)[None]
-    _, inv_gain = lossy.gains(quality)
-    (image,) = package.graph("decoder").run(["image"], {"latents": latents, "inv_gain": inv_gain[None, :, None, None]})
-    rgb = np.clip(np.round(image[0].transpose(1, 2, 0)[:h, :w] * 255), 0, 255).astype(np.uint8)
-    if len(shape) == 2:
-        return np.clip(np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)),
-                       0, 255).astype(np.uint8)
-    return rgb
+    return (sym_y + mean8.astype(np.float32) / (1 << MEAN_BITS)).astype(np.float16)[None]
+
+
+def decode_layer(package, payloads: dict[int, bytes], boxes: list, tiles_x: int, quality: int,
+                 out: np.ndarray, workers: int) -> None:
+    """Decode every coder-3 tile into ``out`` ((h, w, 3) or (h, w) uint8).
+
+    Each tile is synthesised from its own latents extended by up to HALO latents of
+    its coder-3 neighbours, so tile borders carry no seam."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def latents(ti: int) -> tuple[int, np.ndarray]:
+        x0, y0, x1, y1 = boxes[ti]
+        return ti, decode_latents(package, payloads[ti], (y1 - y0, x1 - x0), quality, ti)
+
+    with ThreadPoolExecutor(workers) as pool:
+        lat = dict(pool.map(latents, payloads))
+    _, inv_gain = _lossy_for(package).gains(quality)
+    r = 16  # pixels per latent
+
+    def synthesise(ti: int) -> None:
+        x0, y0, x1, y1 = boxes[ti]
+        ty, tx = divmod(ti, tiles_x)
+
+        def neighbour(dy: int, dx: int) -> np.ndarray | None:
+            if (dy or dx) and (ty + dy < 0 or tx + dx < 0 or tx + dx >= tiles_x):
+                return None
+            return lat.get((ty + dy) * tiles_x + tx + dx)
+
+        own = lat[ti]
+        top = HALO if neighbour(-1, 0) is not None else 0
+        bottom = HALO if neighbour(1, 0) is not None else 0
+        left = HALO if neighbour(0, -1) is not None else 0
+        right = HALO if neighbour(0, 1) is not None else 0
+        hh, ww = own.shape[2], own.shape[3]
+        window = np.zeros((1, own.shape[1], top + hh + bottom, left + ww + right), np.float32)
+        for dy, rows_dst, rows_src in ((-1, slice(0, top), slice(-top, None) if top else slice(0, 0)),
+                                       (0, slice(top, top + hh), slice(None)),
+                                       (1, slice(top + hh, None), slice(0, bottom))):
+            for dx, cols_dst, cols_src in ((-1, slice(0, left), slice(-left, None) if left else slice(0, 0)),
+                                           (0, slice(left, left + ww), slice(None)),
+                                           (1, slice(left + ww, None), slice(0, right))):
+                n = neighbour(dy, dx) if (dy or dx) else own
+                if n is None:
+                    continue
+                block = n[:, :, rows_src, cols_src]
+                dst = window[:, :, rows_dst, cols_dst]
+                h_, w_ = min(block.shape[2], dst.shape[2]), min(block.shape[3], dst.shape[3])
+                dst[:, :, :h_, :w_] = block[:, :, :h_, :w_]
+        (image,) = package.graph("decoder").run(["image"], {"latents": window,
+                                                            "inv_gain": inv_gain[None, :, None, None]})
+        crop = image[0, :, top * r:top * r + (y1 - y0), left * r:left * r + (x1 - x0)].transpose(1, 2, 0)
+        rgb = np.clip(np.round(crop * 255), 0, 255).astype(np.uint8)
+        if out.ndim == 2:
+            rgb = np.clip(np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)),
+                          0, 255).astype(np.uint8)
+        out[y0:y1, x0:x1] = rgb
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(synthesise, lat))

@@ -42,6 +42,7 @@ def load(path: Path, runtime: str):
         # tiles already run in parallel; one thread per call avoids oversubscription
         opts.intra_op_num_threads = int(os.environ.get("NIC_ORT_THREADS", "1"))
         opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False  # the arena keeps every batch size ever seen: bounded memory instead
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     from native_fallback import NumpySession
 

@@ -82,10 +82,33 @@ def test_pillow_save_quality(crop):
 
 def test_corrupt_lossy_payload_with_valid_checksum(crop):
     package = models.default_model("lossy")
-    payload = lossy.encode_tile(package, crop, 50)
+    y, z = lossy._analyse(package, crop, (0, 0, crop.shape[1], crop.shape[0]), lossy._lossy_for(package).gains(50)[0])
+    payload = lossy.encode_tile(package, y, z, 50)
+    shape = crop.shape[:2]
+    assert lossy.decode_latents(package, payload, shape, 50, 0).shape[2:] == y.shape[2:]
     with pytest.raises(pillow_nic.NicError):
-        lossy.decode_tile(package, payload[:6], crop.shape, 50, 0)
+        lossy.decode_latents(package, payload[:6], shape, 50, 0)
     with pytest.raises(pillow_nic.NicError):
-        lossy.decode_tile(package, payload, (crop.shape[0] + 64, crop.shape[1], 3), 50, 0)
+        lossy.decode_latents(package, payload, (shape[0] + 64, shape[1]), 50, 0)
     with pytest.raises(pillow_nic.NicError):
-        lossy.decode_tile(package, payload + b"\x01\x00\x00\x00", crop.shape, 50, 0)
+        lossy.decode_latents(package, payload + b"\x01\x00\x00\x00", shape, 50, 0)
+
+
+def test_tile_size_must_be_a_multiple_of_64(crop):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        pillow_nic.encode(crop, "RGB", lossless=False, quality=50, tile_size=96)
+
+
+def test_no_seams_at_tile_borders(photo):
+    """Error along tile borders is no larger than elsewhere (tiles of 128 on a 381x512 photo)."""
+    data = pillow_nic.encode(photo, "RGB", lossless=False, quality=60, tile_size=128)
+    out = pillow_nic.decode(data).pixels.astype(np.float64)
+    err = ((out - photo) ** 2).mean(axis=2)
+    # squared error of the pixel pairs straddling a border vs all other horizontally adjacent pairs
+    jump = np.abs(np.diff(out - photo, axis=1)).mean(axis=2)
+    border_cols = [c - 1 for c in range(128, photo.shape[1], 128)]
+    border = jump[:, border_cols].mean()
+    inner = np.delete(jump, border_cols, axis=1).mean()
+    assert border <= 1.25 * inner, (border, inner)
+    border_rows = [r - 1 for r in range(128, photo.shape[0], 128)]
+    assert err[border_rows + [r + 1 for r in border_rows]].mean() <= 1.25 * err.mean()

@@ -116,7 +116,8 @@ def export_lossless(run_dir: Path, name: str) -> None:
             path = tmp / f"{key}.onnx"
             onnx.save(intnet_graph(layers, layers[0].weight.shape[0], key), path)
             files[key] = path
-    fam = {f"family{r}": tables.build_family(r, 2, "logistic").astype(np.int32) for r in (255, 510)}
+    offsets = 2 ** final["config"].get("mean_bits", 1)
+    fam = {f"family{r}": tables.build_family(r, offsets, "logistic").astype(np.int32) for r in (255, 510)}
     np.savez_compressed(tmp / "tables.npz", **fam)
     files["tables"] = tmp / "tables.npz"
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]

@@ -28,29 +28,30 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-MAX_EXPONENT = 16  # keeps biases of near-zero channels far below 2**24
+MAX_GRID = 16  # sums live on a grid of at most 2**-16: biases of near-zero channels stay far below 2**24
 
 
-def weight_exponent(w: torch.Tensor, per_column: bool = False):
-    """Largest e with max|w| * 2**e <= 127: the weight grid of a layer, or (per_column)
-    of each output column of a (fan_in, fan_out) matrix."""
+def weight_exponent(w: torch.Tensor, per_column: bool = False, act_exp: int = 0):
+    """Largest e with max|w| * 2**e <= 127 (and e + act_exp <= MAX_GRID): the weight grid
+    of a layer, or (per_column) of each output column of a (fan_in, fan_out) matrix."""
     m = w.detach().abs().amax(dim=0) if per_column else w.detach().abs().max()
-    e = torch.floor(torch.log2(127 / torch.clamp(m, min=1e-12))).clamp(max=MAX_EXPONENT)
+    e = torch.floor(torch.log2(127 / torch.clamp(m, min=1e-12))).clamp(max=MAX_GRID - act_exp)
     return e if per_column else int(e)
 
 
 def fake_quant_weights(w: torch.Tensor, b: torch.Tensor, act_exp: int,
                        per_column: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights on their power-of-two grid, bias on the grid of the layer's sums."""
-    e = weight_exponent(w, per_column)
+    e = weight_exponent(w, per_column, act_exp)
     return ste_round(w * 2 ** e) / 2 ** e, ste_round(b * 2 ** (e + act_exp)) / 2 ** (e + act_exp)
 
 
-def hidden_activation(z: torch.Tensor, quantised: bool) -> torch.Tensor:
-    """Capped ReLU; quantised: floored onto the activation grid."""
-    top = HIDDEN_CLIP / 2 ** ACT_BITS
+def hidden_activation(z: torch.Tensor, quantised: bool, act_bits: int = ACT_BITS,
+                      clip: int = HIDDEN_CLIP) -> torch.Tensor:
+    """Capped ReLU; quantised: floored onto the activation grid 2**-act_bits."""
+    top = clip / 2 ** act_bits
     if quantised:
-        z = ste_floor(z * 2 ** ACT_BITS) / 2 ** ACT_BITS
+        z = ste_floor(z * 2 ** act_bits) / 2 ** act_bits
     return torch.clamp(z, 0, top)
 
 
@@ -69,19 +70,21 @@ def _as_columns(e, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(e, dtype=np.int64), (n,)).copy()
 
 
-def export_hidden(w: torch.Tensor, b: torch.Tensor, act_exp: int, per_column: bool = False) -> dict:
-    """Integer weights, bias and shift of a hidden layer whose input grid is 2**-act_exp."""
-    e = weight_exponent(w, per_column)
+def export_hidden(w: torch.Tensor, b: torch.Tensor, act_exp: int, per_column: bool = False,
+                  act_bits: int = ACT_BITS, clip: int = HIDDEN_CLIP) -> dict:
+    """Integer weights, bias and shift of a hidden layer whose input grid is 2**-act_exp
+    and whose output grid is 2**-act_bits, capped at ``clip``."""
+    e = weight_exponent(w, per_column, act_exp)
     grid = e + act_exp
-    shift = _as_columns(grid - ACT_BITS if per_column else [grid - ACT_BITS], b.shape[0] if per_column else 1)
+    shift = _as_columns(grid - act_bits if per_column else [grid - act_bits], b.shape[0] if per_column else 1)
     return dict(weight=torch.round(w * 2 ** e).numpy(), bias=torch.round(b * 2 ** grid).numpy(),
-                shift=shift, clip_max=HIDDEN_CLIP)
+                shift=shift, clip_max=clip)
 
 
 def export_output(w: torch.Tensor, b: torch.Tensor, act_exp: int, mean_bits: int, per_column: bool = False) -> dict:
     """Integer output layer.  Its columns are [means..., scales...] in two equal halves:
     means become rounded multiples of 2**-mean_bits (in those units), scales table rows."""
-    e = weight_exponent(w, per_column)
+    e = weight_exponent(w, per_column, act_exp)
     grid = _as_columns(e + act_exp, b.shape[0])
     k = -int(round(math.log2(SCALE_STEP)))
     half = b.shape[0] // 2

@@ -34,7 +34,6 @@ from pillow_nic.colour import rgb_to_ycocg  # noqa: E402
 from pillow_nic.lossless_model import KINDS, PLANES, model_key  # noqa: E402
 
 INPUT_SCALE = 1 / 64   # float-phase reparametrisation of the first layer
-MEAN_BITS = 1          # means on a half-level grid
 
 
 def list_images(dirs: list[str]) -> list[Path]:
@@ -76,9 +75,11 @@ def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator)
 class Predictor(torch.nn.Module):
     """MLP with a capped ReLU; ``quantised=True`` runs the integer contract (STE)."""
 
-    def __init__(self, n_in: int, hidden: list[int], per_column: bool = False):
+    def __init__(self, n_in: int, hidden: list[int], per_column: bool = False, act_bits: int = qat.ACT_BITS,
+                 hidden_clip: int = qat.HIDDEN_CLIP, mean_bits: int = 1):
         super().__init__()
         self.per_column = per_column
+        self.act_bits, self.hidden_clip, self.mean_bits = act_bits, hidden_clip, mean_bits
         sizes = [n_in] + hidden + [2]
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         with torch.no_grad():
@@ -98,11 +99,11 @@ class Predictor(torch.nn.Module):
                 w, b = qat.fake_quant_weights(w, b, act_exp, self.per_column)
             z = h @ w + b
             if i < n - 1:
-                h = qat.hidden_activation(z, quantised)
-                act_exp = qat.ACT_BITS
+                h = qat.hidden_activation(z, quantised, self.act_bits, self.hidden_clip)
+                act_exp = self.act_bits
             else:
                 h = z
-        return qat.output_quantise(h[:, 0], h[:, 1], MEAN_BITS, quantised)
+        return qat.output_quantise(h[:, 0], h[:, 1], self.mean_bits, quantised)
 
 
 def logistic_bits(target: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -123,10 +124,10 @@ def to_int_layers(model: Predictor) -> list[dict]:
     with torch.no_grad():
         for i, (w, b) in enumerate(model.weights()):
             if i < n - 1:
-                layers.append(qat.export_hidden(w, b, act_exp, model.per_column))
-                act_exp = qat.ACT_BITS
+                layers.append(qat.export_hidden(w, b, act_exp, model.per_column, model.act_bits, model.hidden_clip))
+                act_exp = model.act_bits
             else:
-                layers.append(qat.export_output(w, b, act_exp, MEAN_BITS, model.per_column))
+                layers.append(qat.export_output(w, b, act_exp, model.mean_bits, model.per_column))
     return layers
 
 
@@ -162,7 +163,9 @@ def main() -> None:
     print(f"data: {len(train_files)} train / {len(val_files)} val images, "
           f"{sum(len(v[1]) for v in train.values())} samples, {time.time() - t0:.0f}s", flush=True)
 
-    models = {k: Predictor(train[k][0].shape[1], cfg["hidden"], cfg.get("per_column", False)) for k in train}
+    models = {k: Predictor(train[k][0].shape[1], cfg["hidden"], cfg.get("per_column", False),
+                           cfg.get("act_bits", qat.ACT_BITS), cfg.get("hidden_clip", qat.HIDDEN_CLIP),
+                           cfg.get("mean_bits", 1)) for k in train}
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     step = 0
