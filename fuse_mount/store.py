@@ -155,12 +155,18 @@ class PhotoStore:
 
     def getattr(self, path: str) -> dict:
         staged = self.staged.get(self._key(path))
-        nic = self._stored(path) if staged is None else None
-        real = staged.temp if staged is not None else nic or self._real(path)
-        try:
-            st = os.lstat(real)
-        except FileNotFoundError:
-            raise _err(errno.ENOENT, path) from None
+        st = None
+        if staged is not None:
+            try:
+                st = os.lstat(staged.temp)
+            except FileNotFoundError:  # committed meanwhile: fall through to BACKING
+                pass
+        nic = self._stored(path) if st is None else None
+        if st is None:
+            try:
+                st = os.lstat(nic or self._real(path))
+            except FileNotFoundError:
+                raise _err(errno.ENOENT, path) from None
         attrs = {k: getattr(st, k) for k in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size",
                                              "st_atime", "st_mtime", "st_ctime")}
         if nic is not None:
@@ -249,6 +255,7 @@ class PhotoStore:
             f.seek(offset)
             f.write(data)
         handle.dirty = True
+        self.staged[self._key(path)] = handle
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -256,6 +263,7 @@ class PhotoStore:
         if handle is not None and handle.temp is not None:
             os.truncate(handle.temp, length)
             handle.dirty = True
+            self.staged[self._key(path)] = handle
             return
         tmp_fh = self.open(path, os.O_RDWR)
         try:
@@ -276,10 +284,9 @@ class PhotoStore:
             if handle.dirty:
                 self._commit(handle)
         finally:
+            self._unstage(handle)
             if handle.temp is not None:
                 handle.temp.unlink(missing_ok=True)
-            if self.staged.get(self._key(handle.path)) is handle:
-                del self.staged[self._key(handle.path)]
 
     def _encode(self, data: bytes, name: str) -> bytes | None:
         """`.nic` bytes for a written file, or None to keep it as it is."""
@@ -337,6 +344,12 @@ class PhotoStore:
                 real.with_name(real.name + NIC_SUFFIX).unlink(missing_ok=True)
                 self._fsync_dir(real.parent)
         handle.dirty = False
+        self._unstage(handle)  # from now on the path shows the committed (served) file
+
+    def _unstage(self, handle: Handle) -> None:
+        key = self._key(handle.path)
+        if self.staged.get(key) is handle:
+            del self.staged[key]
 
     @staticmethod
     def _fsync_dir(d: Path) -> None:
