@@ -20,7 +20,6 @@ import numpy as np
 from PIL import Image
 
 from . import NicImagePlugin, codec, container, metrics, runtime  # noqa: F401 (registers NIC)
-from .container import NicError
 
 IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".jpg", ".jpeg", ".webp", ".gif", ".tga"}
 SAMPLE = Path(__file__).resolve().parent / "samples" / "chapel.png"

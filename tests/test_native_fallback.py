@@ -61,7 +61,7 @@ def test_every_shipped_graph_matches_onnxruntime(path):
 
 
 def _tiny_model(op: str) -> bytes:
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     node = helper.make_node(op, ["x"], ["y"])

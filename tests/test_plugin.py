@@ -6,11 +6,9 @@ import io
 import threading
 import warnings
 
-import numpy as np
 import pytest
 from PIL import Image
 
-import pillow_nic
 from pillow_nic.NicImagePlugin import _accept
 from conftest import image_for_mode, synthetic
 

@@ -11,7 +11,6 @@ from PIL import Image
 
 from fuse_mount import serve
 from fuse_mount.store import NIC_SUFFIX, TEMP_PREFIX, PhotoStore
-from conftest import synthetic
 
 
 def png_bytes(arr: np.ndarray, **kwargs) -> bytes:

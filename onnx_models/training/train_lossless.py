@@ -12,10 +12,8 @@ Debian photos; never Kodak.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,18 +27,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
+from run import learning_rate, list_images, start_run  # noqa: E402
 from pillow_nic import interlace  # noqa: E402
 from pillow_nic.colour import rgb_to_ycocg  # noqa: E402
 from pillow_nic.lossless_model import KINDS, PLANES, model_key  # noqa: E402
 
 INPUT_SCALE = 1 / 64   # float-phase reparametrisation of the first layer
-
-
-def list_images(dirs: list[str]) -> list[Path]:
-    files = []
-    for d in dirs:
-        files += sorted(p for p in Path(os.path.expanduser(d)).glob("*.png"))
-    return files
 
 
 def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator) -> dict:
@@ -132,17 +124,7 @@ def to_int_layers(model: Predictor) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--run-dir", default=None)
-    args = ap.parse_args()
-    cfg = json.loads(Path(args.config).read_text())
-    torch.set_num_threads(cfg.get("threads", 1))
-    run_dir = Path(args.run_dir or ROOT / "onnx_models/training/runs" / cfg["name"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    log = open(run_dir / "log.jsonl", "a")
+    cfg, run_dir, rng, log = start_run(__doc__.splitlines()[0])
 
     files = list_images(cfg["data"])
     val_files = files[:: cfg["val_every"]]
@@ -200,8 +182,7 @@ def main() -> None:
     last_ckpt = time.time()
     while step < total:
         quantised = step >= qat_from
-        frac = step / total
-        lr = cfg["lr"] * (1.0 if frac < cfg["decay_from"] else max(0.01, (1 - frac) / (1 - cfg["decay_from"])))
+        lr = learning_rate(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad()

@@ -11,10 +11,8 @@ pre-extracted into memory after a random 0.5-1.0 downscale.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
-from pillow_nic.tables import SCALE_BINS, SCALE_MIN, SCALE_STEP  # noqa: E402
+from run import learning_rate, list_images, start_run  # noqa: E402
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
 LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
@@ -130,9 +128,7 @@ def gauss_bits(v: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
 
 
 def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    files = []
-    for d in dirs:
-        files += sorted(Path(os.path.expanduser(d)).glob("*.png"))
+    files = list_images(dirs)
     per_file = max(1, n_crops // len(files))
     per_scale = 10  # crops taken from each random downscale of a photo
     crops = []
@@ -150,17 +146,7 @@ def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generato
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--run-dir", default=None)
-    args = ap.parse_args()
-    cfg = json.loads(Path(args.config).read_text())
-    torch.set_num_threads(cfg.get("threads", 1))
-    run_dir = Path(args.run_dir or ROOT / "onnx_models/training/runs" / cfg["name"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    log = open(run_dir / "log.jsonl", "a")
+    cfg, run_dir, rng, log = start_run(__doc__.splitlines()[0])
 
     cache = run_dir / "crops.npy"
     t0 = time.time()
@@ -208,8 +194,7 @@ def main() -> None:
     b = cfg["batch"]
     while step < total:
         quantised = step >= qat_from
-        frac = step / total
-        lr = cfg["lr"] * (1.0 if frac < cfg["decay_from"] else max(0.01, (1 - frac) / (1 - cfg["decay_from"])))
+        lr = learning_rate(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, len(train), b)
