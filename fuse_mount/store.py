@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 import pillow_nic
-from pillow_nic import container
+from pillow_nic import container, models
 
 from . import serve
 
@@ -89,6 +89,8 @@ class PhotoStore:
             raise _err(errno.ENOTDIR, str(backing))
         if quality is not None and not 1 <= quality <= 100:
             raise ValueError("quality must be from 1 to 100")
+        if quality is not None and models.default_model("lossy") is None:
+            raise ValueError("lossy storage (quality=...) needs a lossy model and none is installed")
         self.quality = quality
         self.cache = LRUCache(cache_mb << 20)
         self.lock = threading.RLock()
