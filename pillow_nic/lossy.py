@@ -25,7 +25,7 @@ MEAN_BITS = 3
 LATENT_CLIP = 127
 ALIGN = 64    # tiles are padded to multiples of this (one hyper-latent); lossy tile sizes are multiples
 MARGIN = 64   # pixels of neighbouring image the encoder sees around a tile (one hyper-latent)
-HALO = 4      # latents of neighbouring tiles the decoder sees around a tile's own
+HALO = 2      # latents of neighbouring tiles the decoder sees: the synthesis reaches 2 latents, no further
 _HEAD = struct.Struct("<HHHH")  # z height, z width, y channels, z channels
 
 
