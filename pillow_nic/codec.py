@@ -85,13 +85,32 @@ def _stored_candidates(tile: np.ndarray) -> list[tuple[int, bytes]]:
 
 def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int = 90,
            metadata: dict[str, bytes] | None = None, tile_size: int | None = None,
-           runtime: str | None = None) -> bytes:
+           runtime: str | None = None, target_size: int | None = None) -> bytes:
     """Encode an image array of Pillow ``mode`` to `.nic` bytes.
 
     ``lossless=True`` guarantees identical pixels on decode; otherwise ``quality``
-    (1-100) selects the rate of the learned lossy model (alpha stays lossless).
-    Invalid arguments raise ValueError.
+    (1-100) selects the rate of the learned lossy model (alpha stays lossless), or
+    ``target_size`` (bytes) asks for the highest quality whose file fits, found by
+    bisection (quality 1 if none fits).  Invalid arguments raise ValueError.
     """
+    if target_size is not None:
+        if lossless:
+            raise ValueError("target_size applies to lossy coding (lossless=False)")
+        if isinstance(target_size, bool) or not isinstance(target_size, (int, np.integer)) or target_size < 1:
+            raise ValueError(f"target_size must be a positive number of bytes, got {target_size!r}")
+        kwargs = dict(lossless=False, metadata=metadata, tile_size=tile_size, runtime=runtime)
+        lo, hi = 1, 100
+        best = encode(pixels, mode, quality=1, **kwargs)
+        if len(best) > target_size:
+            return best
+        while lo < hi:  # invariant: quality lo fits
+            mid = (lo + hi + 1) // 2
+            data = encode(pixels, mode, quality=mid, **kwargs)
+            if len(data) <= target_size:
+                lo, best = mid, data
+            else:
+                hi = mid - 1
+        return best
     from . import models
 
     pixels = _check_pixels(np.asarray(pixels), mode)

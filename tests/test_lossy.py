@@ -112,3 +112,18 @@ def test_no_seams_at_tile_borders(photo):
     assert border <= 1.25 * inner, (border, inner)
     border_rows = [r - 1 for r in range(128, photo.shape[0], 128)]
     assert err[border_rows + [r + 1 for r in border_rows]].mean() <= 1.25 * err.mean()
+
+
+def test_target_size_is_met_with_the_highest_fitting_quality(crop):
+    sizes = {q: len(pillow_nic.encode(crop, "RGB", lossless=False, quality=q)) for q in (40, 41)}
+    target = sizes[40] + (sizes[41] - sizes[40]) // 2 if sizes[41] > sizes[40] else sizes[40]
+    data = pillow_nic.encode(crop, "RGB", lossless=False, target_size=target)
+    assert len(data) <= target
+    assert pillow_nic.read_info(data).layers[0].quality >= 40
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, "NIC", target_size=target)
+    assert len(buf.getvalue()) <= target
+    with pytest.raises(ValueError):
+        pillow_nic.encode(crop, "RGB", lossless=True, target_size=1000)
+    with pytest.raises(ValueError, match="tune"):
+        Image.fromarray(crop).save(io.BytesIO(), "NIC", quality=50, tune="ssim")
