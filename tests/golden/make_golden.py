@@ -35,6 +35,9 @@ CASES = {
     "lossless1_rgb_61x77": ("RGB", 61, 77, dict(lossless=True, tile_size=48)),
     "lossless1_rgba_40x33": ("RGBA", 40, 33, dict(lossless=True)),
     "lossless1_l_50x50": ("L", 50, 50, dict(lossless=True)),
+    # model nic-lossless-2 (755f8d1e367a): quarter-level means
+    "lossless2_rgb_70x45": ("RGB", 70, 45, dict(lossless=True, tile_size=32)),
+    "lossless2_la_33x64": ("LA", 33, 64, dict(lossless=True)),
 }
 
 
