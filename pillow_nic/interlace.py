@@ -100,33 +100,31 @@ def target_views(plane: np.ndarray, p: Pass) -> list[np.ndarray]:
     return [plane[0::2 * s, s::2 * s], plane[s::2 * s, 0::2 * s]]
 
 
-def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[tuple[list[np.ndarray], bool]]:
-    """Per target view of the pass: its 16 neighbour arrays (each shaped like the view,
-    or like its transpose when the flag is set)."""
+def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[list[np.ndarray]]:
+    """Per target view of the pass: its 16 neighbour arrays, each shaped like the view.
+
+    The second edge view, (2s*i+s, 2s*j), is the first one transposed, so it uses the
+    same offsets with rows and columns swapped."""
     s = p.step
     coarse = plane[0::2 * s, 0::2 * s]
     if p.kind == "diag":
         (view,) = target_views(plane, p)
-        return [(_shifted(coarse, list(DIAG_OFFSETS), *view.shape), False)]
+        return [_shifted(coarse, list(DIAG_OFFSETS), *view.shape)]
     diag = plane[s::2 * s, s::2 * s]
     if diag.size == 0:  # a single row or column of lattice: nothing in between
         diag = coarse
     out = []
-    for transpose, view in zip((False, True), target_views(plane, p)):
+    for swap, view in zip((False, True), target_views(plane, p)):
         if view.size == 0:
-            out.append(([], transpose))
+            out.append([])
             continue
-        k, d = (coarse.T, diag.T) if transpose else (coarse, diag)
-        rows, cols = view.T.shape if transpose else view.shape
-        by_lattice = {"k": [], "d": []}
-        for i, (name, a, b) in enumerate(EDGE_OFFSETS):
-            by_lattice[name].append((i, (a, b)))
         blocks: list[np.ndarray] = [None] * NUM_NEIGHBOURS  # type: ignore[list-item]
-        for name, arr in (("k", k), ("d", d)):
-            idx = [i for i, _ in by_lattice[name]]
-            for i, v in zip(idx, _shifted(arr, [o for _, o in by_lattice[name]], rows, cols)):
+        for name, arr in (("k", coarse), ("d", diag)):
+            idx = [i for i, o in enumerate(EDGE_OFFSETS) if o[0] == name]
+            offsets = [(EDGE_OFFSETS[i][2], EDGE_OFFSETS[i][1]) if swap else EDGE_OFFSETS[i][1:] for i in idx]
+            for i, v in zip(idx, _shifted(arr, offsets, *view.shape)):
                 blocks[i] = v
-        out.append((blocks, transpose))
+        out.append(blocks)
     return out
 
 
@@ -143,43 +141,41 @@ class PassContext:
 
     def __init__(self, p: Pass):
         self.p = p
-        self._earlier: list[np.ndarray] = []  # per earlier plane: (n, 5) cross features
+        self._earlier: list[np.ndarray] = []  # per earlier plane: (5, n) cross features
 
     def features(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (n, F) float32 holding integers, base prediction (n,) int32)
         for the next plane."""
         blocks = _neighbour_blocks(plane, self.p)
-        n = sum(b[0].size for b, _ in blocks if b)
+        n = sum(b[0].size for b in blocks if b)
         width = num_features(len(self._earlier))
-        feats = np.empty((n, width), dtype=np.float32)
+        columns = np.empty((width, n), dtype=np.float32)  # built feature by feature, contiguously
         base = np.empty(n, dtype=np.int32)
         start = 0
         nearest = _nearest(self.p)
-        for nb, transpose in blocks:
+        for nb in blocks:
             if not nb:
                 continue
             size = nb[0].size
-            rows, cols = nb[0].shape
             b = (nb[nearest[0]] + nb[nearest[1]] + nb[nearest[2]] + nb[nearest[3]]).astype(np.int32) >> 2
-            part = feats[start:start + size]
             for j, v in enumerate(nb):
-                col = part[:, j].reshape((cols, rows) if transpose else (rows, cols))
-                col[...] = (v - b).T if transpose else v - b
-            base[start:start + size] = (b.T if transpose else b).ravel()
+                np.subtract(v, b, out=columns[j, start:start + size].reshape(b.shape), casting="unsafe")
+            base[start:start + size] = b.ravel()
             start += size
         col = NUM_NEIGHBOURS
         for earlier in self._earlier:
-            feats[:, col:col + CROSS_FEATURES] = earlier
+            columns[col:col + CROSS_FEATURES] = earlier
             col += CROSS_FEATURES
-        feats[:, col] = self.p.level
-        self._nearest_diffs = feats[:, list(nearest)].astype(np.int32)
+        columns[col] = self.p.level
+        self._nearest_diffs = columns[list(nearest)].astype(np.int32)
         self._base = base
+        feats = np.ascontiguousarray(columns.T)
         return feats, base
 
     def add_coded(self, plane: np.ndarray) -> None:
         """Record the just-coded plane's values at the targets for later planes."""
-        residual = (target_values(plane, self.p).astype(np.int32) - self._base)[:, None]
-        self._earlier.append(np.concatenate([residual, self._nearest_diffs], axis=1))
+        residual = (target_values(plane, self.p).astype(np.int32) - self._base)[None, :]
+        self._earlier.append(np.concatenate([residual, self._nearest_diffs], axis=0))
 
 
 def target_values(plane: np.ndarray, p: Pass) -> np.ndarray:
