@@ -29,6 +29,15 @@ class NumpySession:
             raise UnsupportedOperator(f"{Path(path).name}: operator(s) not supported by the NumPy runtime: "
                                       f"{', '.join(missing)}")
 
+        # values computed inside the graph and read exactly once may be overwritten in place
+        uses: dict[str, int] = {}
+        for node in self.graph.nodes:
+            for name in node.inputs:
+                uses[name] = uses.get(name, 0) + 1
+        produced = {name for node in self.graph.nodes for name in node.outputs}
+        outputs = set(self.graph.outputs)
+        self._reusable = {name for name in produced if uses.get(name) == 1 and name not in outputs}
+
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         values = dict(self.graph.initializers)
         for name in self.graph.inputs:
@@ -37,7 +46,12 @@ class NumpySession:
             values[name] = np.asarray(feeds[name])
         for node in self.graph.nodes:
             args = [values[i] if i else None for i in node.inputs]
-            results = ops.OPS[node.op_type](*args, **node.attrs)
+            kwargs = dict(node.attrs)
+            first = args[0] if args else None
+            if (node.op_type in ops.INPLACE and node.inputs[0] in self._reusable and first.dtype == np.float32
+                    and all(a is None or np.broadcast_shapes(first.shape, np.shape(a)) == first.shape for a in args)):
+                kwargs["out"] = first
+            results = ops.OPS[node.op_type](*args, **kwargs)
             if not isinstance(results, tuple):
                 results = (results,)
             for name, value in zip(node.outputs, results):

@@ -18,10 +18,6 @@ def matmul(a, b):
     return _f32(a) @ _f32(b)
 
 
-def clip(x, lo=None, hi=None):
-    return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(x.dtype)
-
-
 def _pads(pads, kh: int, kw: int) -> tuple[int, int, int, int]:
     """ONNX pads [top, left, bottom, right]."""
     return tuple(pads) if pads else (0, 0, 0, 0)
@@ -78,18 +74,34 @@ def constant(*, value=None, **kwargs):
     return value
 
 
+def _elementwise(fn):
+    """A float32 elementwise op that may write into its first input when allowed."""
+    def op(*args, out=None):
+        return fn(*[_f32(a) if a is not None else None for a in args], out=out)
+    return op
+
+
+def _clip_into(x, lo=None, hi=None, out=None):
+    return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi, out=out)
+
+
+#: Elementwise operators that can reuse the buffer of their first input.
+INPLACE = {
+    "Add": _elementwise(lambda a, b, out: np.add(a, b, out=out)),
+    "Sub": _elementwise(lambda a, b, out: np.subtract(a, b, out=out)),
+    "Mul": _elementwise(lambda a, b, out: np.multiply(a, b, out=out)),
+    "Div": _elementwise(lambda a, b, out: np.divide(a, b, out=out)),
+    "Floor": _elementwise(lambda a, out: np.floor(a, out=out)),
+    "Abs": _elementwise(lambda a, out: np.abs(a, out=out)),
+    "Relu": _elementwise(lambda a, out: np.maximum(a, np.float32(0), out=out)),
+    "Clip": _elementwise(_clip_into),
+}
+
 OPS = {
     "Conv": conv,
     "ConvTranspose": conv_transpose,
     "Constant": constant,
     "MatMul": matmul,
-    "Add": lambda a, b: np.add(a, b, dtype=np.float32),
-    "Sub": lambda a, b: np.subtract(a, b, dtype=np.float32),
-    "Mul": lambda a, b: np.multiply(a, b, dtype=np.float32),
-    "Div": lambda a, b: np.divide(a, b, dtype=np.float32),
-    "Floor": np.floor,
-    "Abs": np.abs,
-    "Relu": lambda x: np.maximum(x, np.float32(0)),
-    "Clip": clip,
     "Identity": lambda x: x,
+    **INPLACE,
 }
