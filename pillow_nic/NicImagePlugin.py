@@ -24,6 +24,7 @@ def _accept(prefix: bytes) -> bool:
 class NicImageFile(ImageFile.ImageFile):
     format = "NIC"
     format_description = "nic learned image codec"
+    _decoded = False
 
     def _open(self) -> None:
         try:
@@ -40,7 +41,8 @@ class NicImageFile(ImageFile.ImageFile):
         self.tile = []
 
     def load(self):
-        if self.tile is not None and getattr(self, "_decoded", False) is False:
+        """Decode all pixels on first access (Pillow's lazy loading)."""
+        if not self._decoded:
             decoded = codec.decode_with_header(self.fp, self._header)
             self.load_prepare()
             self.frombytes(decoded.pixels.tobytes(), "raw", RAWMODES[self.mode])
@@ -49,9 +51,6 @@ class NicImageFile(ImageFile.ImageFile):
                 self.fp.close()
             self.fp = None
         return Image.Image.load(self)
-
-    def load_seek(self, pos: int) -> None:  # single frame
-        pass
 
 
 def _metadata(im: Image.Image, info: dict) -> dict[str, bytes]:

@@ -42,11 +42,6 @@ def _sample_dtype(mode: str) -> np.dtype:
     return np.dtype("<u2") if mode == "I;16" else np.dtype(np.uint8)
 
 
-def expected_shape(mode: str, width: int, height: int) -> tuple[int, ...]:
-    channels = sum(MODE_LAYERS[mode])
-    return (height, width) if channels == 1 else (height, width, channels)
-
-
 def _check_pixels(pixels: np.ndarray, mode: str) -> np.ndarray:
     if mode not in MODE_LAYERS:
         raise ValueError(f"unsupported mode {mode!r}; supported: {', '.join(SUPPORTED_MODES)}")
