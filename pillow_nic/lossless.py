@@ -15,7 +15,7 @@ from functools import lru_cache
 import constriction
 import numpy as np
 
-from . import interlace
+from . import entropy, interlace
 from .colour import rgb_to_ycocg, ycocg_to_rgb
 from .container import NicError
 from .lossless_model import model_key
@@ -59,9 +59,7 @@ class _Tables:
             family = tables[f"family{radius}"]
             if family.shape != (SCALE_BINS, self.offsets, 2 * radius + 1):
                 raise NicError(f"model tables family{radius} have shape {family.shape}")
-            self.models[radius] = [
-                constriction.stream.model.Categorical(family[row, off].astype(np.float64), perfect=False)
-                for row in range(SCALE_BINS) for off in range(self.offsets)]
+            self.models[radius] = entropy.categorical_models(family)
         self.uniform = {255: constriction.stream.model.Uniform(256), 510: constriction.stream.model.Uniform(511)}
 
 
@@ -77,15 +75,11 @@ def _predict(package, key: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pred[:, 0], np.clip(pred[:, 1], 0, SCALE_BINS - 1)
 
 
-def _groups(base: np.ndarray, mean_q: np.ndarray, row: np.ndarray, spec: PlaneSpec, tables: _Tables):
-    """Centres, the grouping permutation, and (table index, start, end) of each group."""
+def _centres_and_tables(base: np.ndarray, mean_q: np.ndarray, row: np.ndarray, spec: PlaneSpec,
+                        tables: _Tables) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: the integer centre its residual is taken from, and its table index."""
     centre = np.clip(base + (mean_q >> tables.mean_shift), spec.lo, spec.hi)
-    table = (row * tables.offsets + (mean_q & (tables.offsets - 1))).astype(np.int16)
-    order = np.argsort(table, kind="stable")  # a radix sort for int16
-    sorted_tables = table[order]
-    starts = np.flatnonzero(np.r_[True, sorted_tables[1:] != sorted_tables[:-1]]) if len(order) else []
-    bounds = list(starts) + [len(order)]
-    return centre, order, [(int(sorted_tables[s]), s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+    return centre, row * tables.offsets + (mean_q & (tables.offsets - 1))
 
 
 def _to_planes(tile: np.ndarray) -> list[np.ndarray]:
@@ -99,57 +93,45 @@ def encode_tile(package, tile: np.ndarray) -> bytes:
     tables = _tables_for(package)
     h, w = planes[0].shape
     levels = interlace.num_levels(h, w)
-    steps: list[tuple[object, np.ndarray]] = []  # (entropy model, symbols) in decode order
+    enc = entropy.Encoder()
     for plane, spec in zip(planes, specs):
-        steps.append((tables.uniform[spec.radius], interlace.top_lattice(plane, levels).ravel() - spec.lo))
+        enc.add(tables.uniform[spec.radius], interlace.top_lattice(plane, levels).ravel() - spec.lo)
     for p in interlace.passes(h, w):
         ctx = interlace.PassContext(p)
         for plane, spec in zip(planes, specs):
             feats, base = ctx.features(plane)
             mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
-            centre, order, groups = _groups(base, mean_q, row, spec, tables)
-            symbols = (interlace.target_values(plane, p) - centre + spec.radius)[order]
-            for table, s, e in groups:
-                steps.append((tables.models[spec.radius][table], symbols[s:e]))
+            centre, table = _centres_and_tables(base, mean_q, row, spec, tables)
+            symbols = interlace.target_values(plane, p) - centre + spec.radius
+            enc.add_grouped(tables.models[spec.radius], table, symbols)
             ctx.add_coded(plane)
-    coder = constriction.stream.stack.AnsCoder()
-    for model, symbols in reversed(steps):
-        coder.encode_reverse(symbols.astype(np.int32), model)
-    return coder.get_compressed().astype("<u4").tobytes()
+    return enc.finish()
 
 
 def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int) -> np.ndarray:
     """Inverse of encode_tile; NicError if the payload is inconsistent."""
-    if len(data) % 4:
-        raise NicError(f"tile {index}: lossless payload is not a whole number of words")
     h, w = shape[:2]
     n_planes = shape[2] if len(shape) == 3 else 1
     specs = _plane_specs(n_planes)
     tables = _tables_for(package)
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+    dec = entropy.Decoder(data, f"tile {index}")
     planes = [np.zeros((h, w), dtype=np.int32) for _ in specs]
     levels = interlace.num_levels(h, w)
     for plane, spec in zip(planes, specs):
         top = interlace.top_lattice(plane, levels)
-        top[...] = coder.decode(tables.uniform[spec.radius], top.size).reshape(top.shape) + spec.lo
+        top[...] = dec.decode(tables.uniform[spec.radius], top.size).reshape(top.shape) + spec.lo
     for p in interlace.passes(h, w):
         ctx = interlace.PassContext(p)
         for plane, spec in zip(planes, specs):
             feats, base = ctx.features(plane)
             mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
-            centre, order, groups = _groups(base, mean_q, row, spec, tables)
-            symbols = np.empty(len(order), dtype=np.int64)
-            for table, s, e in groups:
-                symbols[s:e] = coder.decode(tables.models[spec.radius][table], e - s)
-            values = np.empty_like(symbols)
-            values[order] = symbols
-            values += centre - spec.radius
+            centre, table = _centres_and_tables(base, mean_q, row, spec, tables)
+            values = dec.decode_grouped(tables.models[spec.radius], table) + centre - spec.radius
             if len(values) and (values.min() < spec.lo or values.max() > spec.hi):
                 raise NicError(f"tile {index}: decoded samples out of range (corrupt data)")
             interlace.store_values(plane, p, values)
             ctx.add_coded(plane)
-    if not coder.is_empty():
-        raise NicError(f"tile {index}: unused data after the last sample (corrupt data)")
+    dec.check_finished()
     if n_planes == 1:
         return planes[0].astype(np.uint8)
     try:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-import constriction
 import numpy as np
 
+from . import entropy
 from .container import NicError
 from .tables import SCALE_BINS
 
@@ -37,8 +37,7 @@ class _Lossy:
         family = t["family127"]
         if family.shape != (SCALE_BINS, 2 * LATENT_CLIP + 1):
             raise NicError(f"lossy model tables have shape {family.shape}")
-        self.models = [constriction.stream.model.Categorical(family[r].astype(np.float64), perfect=False)
-                       for r in range(SCALE_BINS)]
+        self.models = entropy.categorical_models(family)
         self.z_rows = t["z_rows"].astype(np.int64)
         self.log_gain = t["log_gain"].astype(np.float64)
         self.log_inv_gain = t["log_inv_gain"].astype(np.float64)
@@ -63,15 +62,6 @@ class _Lossy:
 @lru_cache(maxsize=8)
 def _lossy_for(package) -> _Lossy:
     return _Lossy(package)
-
-
-def _code_groups(rows: np.ndarray):
-    """Stable grouping of symbols by table row: (order, [(row, start, end)])."""
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]) if len(order) else []
-    bounds = list(starts) + [len(order)]
-    return order, [(int(sorted_rows[s]), s, e) for s, e in zip(bounds[:-1], bounds[1:])]
 
 
 def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,18 +99,11 @@ def encode_tile(package, y: np.ndarray, z: np.ndarray, quality: int) -> bytes:
     mean8, rows = _hyper(package, z_hat)
     mean = mean8.astype(np.float32) / (1 << MEAN_BITS)
     sym_y = np.clip(np.round(y[0] - mean), -LATENT_CLIP, LATENT_CLIP).astype(np.int64).ravel()
-    zc = z_hat.shape[1]
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], z_hat.shape[1:]).ravel()
-    steps = []
-    for sym, row in ((z_hat[0].ravel(), z_rows), (sym_y, rows.ravel())):
-        order, groups = _code_groups(row)
-        ordered = (sym[order] + LATENT_CLIP).astype(np.int32)
-        steps += [(lossy.models[r], ordered[s:e]) for r, s, e in groups]
-    coder = constriction.stream.stack.AnsCoder()
-    for model, symbols in reversed(steps):
-        coder.encode_reverse(symbols, model)
-    head = _HEAD.pack(z_hat.shape[2], z_hat.shape[3], y.shape[1], zc)
-    return head + coder.get_compressed().astype("<u4").tobytes()
+    enc = entropy.Encoder()
+    enc.add_grouped(lossy.models, z_rows, z_hat[0].ravel() + LATENT_CLIP)
+    enc.add_grouped(lossy.models, rows.ravel(), sym_y + LATENT_CLIP)
+    return _HEAD.pack(z_hat.shape[2], z_hat.shape[3], y.shape[1], z_hat.shape[1]) + enc.finish()
 
 
 def encode_layer(package, pixels: np.ndarray, boxes: list, quality: int, workers: int) -> list[bytes]:
@@ -143,29 +126,18 @@ def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, i
     (exact: multiples of 1/8 below 2**11)."""
     lossy = _lossy_for(package)
     h, w = shape
-    if len(data) < _HEAD.size or (len(data) - _HEAD.size) % 4:
-        raise NicError(f"tile {index}: lossy payload has an invalid length")
+    if len(data) < _HEAD.size:
+        raise NicError(f"tile {index}: lossy payload is too short")
     zh, zw, yc, zc = _HEAD.unpack_from(data)
     if (zh, zw) != (-(-h // ALIGN), -(-w // ALIGN)) or yc != lossy.log_gain.shape[1] or \
             zc != lossy.z_rows.shape[1]:
         raise NicError(f"tile {index}: lossy payload does not match the tile size or model")
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, "<u4", offset=_HEAD.size).astype(np.uint32))
+    dec = entropy.Decoder(memoryview(data)[_HEAD.size:], f"tile {index}")
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], (zc, zh, zw)).ravel()
-
-    def decode_symbols(rows: np.ndarray) -> np.ndarray:
-        order, groups = _code_groups(rows)
-        out = np.empty(len(rows), dtype=np.int64)
-        sorted_syms = np.empty(len(rows), dtype=np.int64)
-        for r, s, e in groups:
-            sorted_syms[s:e] = coder.decode(lossy.models[r], e - s)
-        out[order] = sorted_syms - LATENT_CLIP
-        return out
-
-    z_hat = decode_symbols(z_rows).reshape(1, zc, zh, zw)
+    z_hat = (dec.decode_grouped(lossy.models, z_rows) - LATENT_CLIP).reshape(1, zc, zh, zw)
     mean8, rows = _hyper(package, z_hat)
-    sym_y = decode_symbols(rows.ravel()).reshape(rows.shape)
-    if not coder.is_empty():
-        raise NicError(f"tile {index}: unused data after the last latent (corrupt data)")
+    sym_y = (dec.decode_grouped(lossy.models, rows.ravel()) - LATENT_CLIP).reshape(rows.shape)
+    dec.check_finished()
     return (sym_y + mean8.astype(np.float32) / (1 << MEAN_BITS)).astype(np.float16)[None]
 
 
