@@ -68,10 +68,14 @@ def _tables_for(package) -> _Tables:
     return _Tables(package.tables)
 
 
+PREDICT_CHUNK = 1 << 16  # rows per network call: bounds the runtime's intermediate buffers
+
+
 def _predict(package, key: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean in 1/offsets levels, table row) per pixel, integers."""
-    (pred,) = package.graph(key).run(["pred"], {"features": np.asarray(feats, dtype=np.float32)})
-    pred = pred.astype(np.int64)
+    graph = package.graph(key)
+    pred = np.concatenate([graph.run(["pred"], {"features": feats[i:i + PREDICT_CHUNK]})[0]
+                           for i in range(0, max(len(feats), 1), PREDICT_CHUNK)]).astype(np.int64)
     return pred[:, 0], np.clip(pred[:, 1], 0, SCALE_BINS - 1)
 
 
