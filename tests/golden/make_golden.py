@@ -7,6 +7,7 @@ rewritten: they lock the format and every released model forever.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,23 @@ from conftest import image_for_mode  # noqa: E402
 
 def pixel_hash(pixels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def latent_hash(data: bytes) -> str:
+    """Hash of every coder-3 tile's dequantised latents: exact on every runtime and machine."""
+    from pillow_nic import container, lossy, models
+
+    h = hashlib.sha256()
+    header = pillow_nic.read_info(data)
+    fp = io.BytesIO(data)
+    layer = header.layers[0]
+    package = models.model_for(layer)
+    for ti, tile in enumerate(layer.tiles):
+        if tile.coder == container.CODER_LOSSY:
+            x0, y0, x1, y1 = header.tile_box(ti)
+            payload = container.read_payload(fp, tile, f"tile {ti}")
+            h.update(lossy.decode_latents(package, payload, (y1 - y0, x1 - x0), layer.quality, ti).tobytes())
+    return h.hexdigest()
 
 
 CASES = {
@@ -50,8 +68,16 @@ def main() -> None:
         arr = image_for_mode(mode, h, w, seed=len(name))
         data = pillow_nic.encode(arr, mode, metadata={"xmp": name.encode()}, **opts)
         (HERE / f"{name}.nic").write_bytes(data)
-        index[name] = dict(mode=mode, size=[w, h], pixels_sha256=pixel_hash(arr),
-                           file_sha256=hashlib.sha256(data).hexdigest())
+        entry = dict(mode=mode, size=[w, h], file_sha256=hashlib.sha256(data).hexdigest())
+        if opts.get("lossless", True):
+            entry["pixels_sha256"] = pixel_hash(arr)
+        else:
+            # lossy pixels may differ by one level between runtimes and CPUs: keep a reference
+            # decode, and lock the latents (what the entropy coder produced) exactly
+            reference = pillow_nic.decode(data).pixels
+            np.save(HERE / f"{name}.reference.npy", reference)
+            entry["latents_sha256"] = latent_hash(data)
+        index[name] = entry
         print("wrote", name)
     index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
 
