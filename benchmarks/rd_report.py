@@ -140,6 +140,36 @@ def plot(points: list[dict], out_dir: Path) -> None:
         plt.close(fig)
 
 
+def seam_report(images, out_dir: Path, quality: int = 30) -> str:
+    """Error next to tile borders vs everywhere else (nic lossy, 128-pixel tiles so each
+    image has many borders), and a picture of a crop across a border."""
+    from PIL import Image
+
+    import pillow_nic
+
+    near, far = [], []
+    crop = None
+    for name, rgb in images:
+        data = pillow_nic.encode(rgb, "RGB", lossless=False, quality=quality, tile_size=128)
+        out = pillow_nic.decode(data).pixels
+        err = ((out.astype(np.float64) - rgb) ** 2).mean(axis=2)
+        border = np.zeros(err.shape, bool)
+        for c in range(128, rgb.shape[1], 128):
+            border[:, c - 1:c + 1] = True
+        for r in range(128, rgb.shape[0], 128):
+            border[r - 1:r + 1, :] = True
+        near.append(err[border].mean())
+        far.append(err[~border].mean())
+        if crop is None and rgb.shape[0] >= 192 and rgb.shape[1] >= 192:
+            window = (slice(64, 192), slice(64, 192))  # centred on the border crossing at (128, 128)
+            crop = np.concatenate([rgb[window], out[window]], axis=1)
+    if crop is not None:
+        Image.fromarray(crop).resize((crop.shape[1] * 3, crop.shape[0] * 3), Image.NEAREST).save(
+            out_dir / "seam_crop.png")
+    return (f"Tile borders (128-pixel tiles, quality {quality}, {len(images)} images): mean squared error "
+            f"on the two pixel rows/columns at each border {np.mean(near):.2f}, elsewhere {np.mean(far):.2f}.")
+
+
 def markdown(points: list[dict], lossless: list[dict]) -> str:
     lines = []
     if points:
@@ -172,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-lossless", action="store_true")
     ap.add_argument("--fast", action="store_true", help="skip the slowest peer settings (WebP lossless m6)")
     ap.add_argument("--threads", type=int, default=1, help="threads for nic (default 1, like the peers)")
+    ap.add_argument("--seams", action="store_true", help="also measure error at lossy tile borders")
     args = ap.parse_args(argv)
     os.environ["NIC_THREADS"] = str(args.threads)
     out_dir = Path(args.out)
@@ -185,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if points:
         plot(points, out_dir)
     print(markdown(points, lossless))
+    if args.seams:
+        print("\n" + seam_report(images, out_dir))
     return 0
 
 
