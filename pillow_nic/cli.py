@@ -25,26 +25,29 @@ IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".jpg
 SAMPLE = Path(__file__).resolve().parent / "samples" / "chapel.png"
 
 
-def _expand(inputs: list[str], suffixes: set[str]) -> list[Path]:
-    """Files, directories (recursively, by suffix) and globs, in a stable order."""
-    out: list[Path] = []
+def _expand(inputs: list[str], suffixes: set[str]) -> list[tuple[Path, Path]]:
+    """(file, name relative to its input) for files, directories (recursively, by suffix)
+    and globs, in a stable order.  Relative names keep a tree's structure in -o DIR."""
+    out: list[tuple[Path, Path]] = []
     for item in inputs:
         matches = [Path(m) for m in sorted(glob.glob(item))] or [Path(item)]
         for path in matches:
             if path.is_dir():
-                out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+                out += [(p, p.relative_to(path)) for p in sorted(path.rglob("*"))
+                        if p.is_file() and p.suffix.lower() in suffixes]
             else:
-                out.append(path)
+                out.append((path, Path(path.name)))
     return out
 
 
-def _destination(src: Path, out: str | None, suffix: str, many: bool) -> Path:
+def _destination(src: Path, relative: Path, out: str | None, suffix: str, many: bool) -> Path:
     if out is None:
         return src.with_suffix(suffix)
     target = Path(out)
     if many or target.is_dir() or out.endswith(os.sep):
-        target.mkdir(parents=True, exist_ok=True)
-        return target / (src.stem + suffix)
+        dst = target / relative.with_suffix(suffix)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        return dst
     return target
 
 
@@ -75,9 +78,9 @@ def _progress(i: int, n: int, name: str) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     files = _expand(args.inputs, IMAGE_SUFFIXES)
     failures = 0
-    for i, src in enumerate(files, 1):
+    for i, (src, relative) in enumerate(files, 1):
         try:
-            dst = _destination(src, args.output, ".nic", len(files) > 1)
+            dst = _destination(src, relative, args.output, ".nic", len(files) > 1)
             with Image.open(src) as im:
                 buf = io.BytesIO()
                 im.save(buf, "NIC", lossless=args.lossless, quality=args.quality)
@@ -101,9 +104,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         os.environ["NIC_RUNTIME"] = args.runtime
     files = _expand(args.inputs, {".nic"})
     failures = 0
-    for i, src in enumerate(files, 1):
+    for i, (src, relative) in enumerate(files, 1):
         try:
-            dst = _destination(src, args.output, "." + args.format, len(files) > 1)
+            dst = _destination(src, relative, args.output, "." + args.format, len(files) > 1)
             with Image.open(src) as im:
                 save_args = {k: im.info[k] for k in ("icc_profile", "exif") if k in im.info}
                 buf = _encode_pil(im, args.format, save_args)

@@ -23,15 +23,14 @@ def images(tmp_path):
 def test_compress_directory_lossless_and_back(images, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["compress", str(images), "--lossless", "-o", str(out)]) == 0
-    nics = sorted(out.glob("*.nic"))
-    assert [p.name for p in nics] == ["a.nic", "b.nic", "c.nic"]
+    nics = sorted(str(p.relative_to(out)) for p in out.rglob("*.nic"))
+    assert nics == ["a.nic", "b.nic", "sub/c.nic"]  # the tree's structure is kept
     assert (images / "a.png").exists()  # originals kept
     back = tmp_path / "back"
     assert cli.main(["decompress", str(out), "-o", str(back)]) == 0
     for src in ["a.png", "b.bmp", "sub/c.tiff"]:
-        stem = src.split("/")[-1].split(".")[0]
         a = np.asarray(Image.open(images / src))
-        b = np.asarray(Image.open(back / f"{stem}.png"))
+        b = np.asarray(Image.open(back / (src.rsplit(".", 1)[0] + ".png")))
         assert np.array_equal(a, b)
 
 
