@@ -79,3 +79,22 @@ def test_demo_round_trips_the_sample(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "lossless" in out and "bit-exact" in out
     assert (tmp_path / "chapel_lossless.nic").exists()
+
+
+def test_full_disk_leaves_no_partial_file(images, tmp_path, monkeypatch, capsys):
+    import errno
+    import os as os_module
+
+    target = tmp_path / "a.nic"
+    real_fsync = os_module.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os_module, "fsync", full)
+    assert cli.main(["compress", str(images / "a.png"), "--lossless", "-o", str(target)]) == 1
+    monkeypatch.setattr(os_module, "fsync", real_fsync)
+    assert "No space left" in capsys.readouterr().err
+    assert not target.exists()
+    assert list(tmp_path.glob(".a.nic.*")) == []
+    assert (images / "a.png").exists()
