@@ -90,6 +90,21 @@ def _to_planes(tile: np.ndarray) -> list[np.ndarray]:
     return rgb_to_ycocg(tile) if tile.ndim == 3 else [tile.astype(np.int32)]
 
 
+def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables):
+    """The coding schedule shared by encoder and decoder: for each pass and plane, yield
+    (pass, plane, spec, centres, table indices).  The caller must have the pass's values
+    in ``plane`` when it resumes the generator, which then records them for later planes."""
+    h, w = planes[0].shape
+    for p in interlace.passes(h, w):
+        ctx = interlace.PassContext(p)
+        for plane, spec in zip(planes, specs):
+            feats, base = ctx.features(plane)
+            mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
+            centre, table = _centres_and_tables(base, mean_q, row, spec, tables)
+            yield p, plane, spec, centre, table
+            ctx.add_coded(plane)
+
+
 def encode_tile(package, tile: np.ndarray) -> bytes:
     """Code an (h, w) or (h, w, 3) uint8 tile; returns the payload bytes."""
     planes = _to_planes(tile)
@@ -100,15 +115,9 @@ def encode_tile(package, tile: np.ndarray) -> bytes:
     enc = entropy.Encoder()
     for plane, spec in zip(planes, specs):
         enc.add(tables.uniform[spec.radius], interlace.top_lattice(plane, levels).ravel() - spec.lo)
-    for p in interlace.passes(h, w):
-        ctx = interlace.PassContext(p)
-        for plane, spec in zip(planes, specs):
-            feats, base = ctx.features(plane)
-            mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
-            centre, table = _centres_and_tables(base, mean_q, row, spec, tables)
-            symbols = interlace.target_values(plane, p) - centre + spec.radius
-            enc.add_grouped(tables.models[spec.radius], table, symbols)
-            ctx.add_coded(plane)
+    for p, plane, spec, centre, table in _predictions(package, planes, specs, tables):
+        symbols = interlace.target_values(plane, p) - centre + spec.radius
+        enc.add_grouped(tables.models[spec.radius], table, symbols)
     return enc.finish()
 
 
@@ -124,17 +133,11 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int) -> np.
     for plane, spec in zip(planes, specs):
         top = interlace.top_lattice(plane, levels)
         top[...] = dec.decode(tables.uniform[spec.radius], top.size).reshape(top.shape) + spec.lo
-    for p in interlace.passes(h, w):
-        ctx = interlace.PassContext(p)
-        for plane, spec in zip(planes, specs):
-            feats, base = ctx.features(plane)
-            mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
-            centre, table = _centres_and_tables(base, mean_q, row, spec, tables)
-            values = dec.decode_grouped(tables.models[spec.radius], table) + centre - spec.radius
-            if len(values) and (values.min() < spec.lo or values.max() > spec.hi):
-                raise NicError(f"tile {index}: decoded samples out of range (corrupt data)")
-            interlace.store_values(plane, p, values)
-            ctx.add_coded(plane)
+    for p, plane, spec, centre, table in _predictions(package, planes, specs, tables):
+        values = dec.decode_grouped(tables.models[spec.radius], table) + centre - spec.radius
+        if len(values) and (values.min() < spec.lo or values.max() > spec.hi):
+            raise NicError(f"tile {index}: decoded samples out of range (corrupt data)")
+        interlace.store_values(plane, p, values)
     dec.check_finished()
     if n_planes == 1:
         return planes[0].astype(np.uint8)
