@@ -225,18 +225,19 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
         out = np.empty(shape, dtype=dtype)
         boxes = [header.tile_box(ti) for ti in range(len(layer.tiles))]
         learned_lossy = [ti for ti, t in enumerate(layer.tiles) if t.coder == CODER_LOSSY]
+        if learned_lossy:
+            from . import lossy
+            lossy.decode_layer(model, {ti: payloads[ti] for ti in learned_lossy}, boxes,
+                               layer.quality, out, _workers())
 
         def decode_tile(ti: int) -> None:
             x0, y0, x1, y1 = boxes[ti]
             tshape = (y1 - y0, x1 - x0) + shape[2:]
             out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
 
+        others = [ti for ti, t in enumerate(layer.tiles) if t.coder != CODER_LOSSY]
         with ThreadPoolExecutor(_workers()) as pool:
-            list(pool.map(decode_tile, [ti for ti in range(len(layer.tiles)) if ti not in set(learned_lossy)]))
-        if learned_lossy:
-            from . import lossy
-            lossy.decode_layer(model, {ti: payloads[ti] for ti in learned_lossy}, boxes, header.tiles_x,
-                               layer.quality, out, _workers())
+            list(pool.map(decode_tile, others))
         layer_arrays.append(out)
     if len(layer_arrays) == 1:
         pixels = layer_arrays[0]

@@ -1,8 +1,8 @@
 """Coder 3: learned lossy coding of a layer's tiles (FORMAT.md, "Coder 3").
 
 Encoder graph -> latents y and hyper-latents z of each tile, computed with a
-margin of neighbouring pixels; decoding synthesises each tile from its latents
-plus a halo of its neighbours' latents, so tiles show no seams.
+margin of neighbouring pixels; decoding lays every tile's latents on one canvas
+and synthesises it block by block with a halo, so tiles show no seams.
 z is rounded and coded under per-channel table rows; the integer-exact hyper
 graph turns z into latent means and table rows, identical on every runtime; y is
 coded as round(y - mean) under those rows; the decoder graph rebuilds pixels.
@@ -141,60 +141,72 @@ def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, i
     return (sym_y + mean8.astype(np.float32) / (1 << MEAN_BITS)).astype(np.float16)[None]
 
 
-def decode_layer(package, payloads: dict[int, bytes], boxes: list, tiles_x: int, quality: int,
+BLOCK_ROWS, BLOCK_COLS = 32, 48  # latents synthesised per call: big enough to amortise the halo,
+# small enough that ONNX Runtime's column buffers (about 16 KiB per latent) stay on the heap
+
+
+def synthesis_blocks(rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    """(r0, r1, c0, c1) latent blocks covering a rows x cols canvas.  They depend on the
+    image size only (never on the thread count), and a canvas that would be a single block
+    is halved so two cores share it."""
+    if rows <= BLOCK_ROWS and cols <= BLOCK_COLS and rows >= 8:
+        row_step = -(-rows // 2)
+    else:
+        row_step = BLOCK_ROWS
+    return [(r, min(rows, r + row_step), c, min(cols, c + BLOCK_COLS))
+            for r in range(0, rows, row_step) for c in range(0, cols, BLOCK_COLS)]
+
+
+def decode_layer(package, payloads: dict[int, bytes], boxes: list, quality: int,
                  out: np.ndarray, workers: int) -> None:
     """Decode every coder-3 tile into ``out`` ((h, w, 3) or (h, w) uint8).
 
-    Each tile is synthesised from its own latents extended by up to HALO latents of
-    its coder-3 neighbours, so tile borders carry no seam."""
+    The tiles' latents are laid out on one canvas, which is synthesised in blocks, each
+    with HALO latents of context on every side: tile borders carry no seam, and the work
+    splits evenly over ``workers``.  Areas of other tiles are left for the caller."""
     from concurrent.futures import ThreadPoolExecutor
+
+    height, width = out.shape[:2]
+    r = 16  # pixels per latent
+    canvas = None
 
     def latents(ti: int) -> tuple[int, np.ndarray]:
         x0, y0, x1, y1 = boxes[ti]
         return ti, decode_latents(package, payloads[ti], (y1 - y0, x1 - x0), quality, ti)
 
     with ThreadPoolExecutor(workers) as pool:
-        lat = dict(pool.map(latents, payloads))
+        for ti, lat in pool.map(latents, payloads):
+            if canvas is None:
+                rows, cols = -(-height // ALIGN) * (ALIGN // r), -(-width // ALIGN) * (ALIGN // r)
+                canvas = np.zeros((lat.shape[1], rows, cols), np.float16)
+            x0, y0 = boxes[ti][:2]
+            canvas[:, y0 // r:y0 // r + lat.shape[2], x0 // r:x0 // r + lat.shape[3]] = lat[0]
+    if canvas is None:
+        return
     _, inv_gain = _lossy_for(package).gains(quality)
-    r = 16  # pixels per latent
+    inv_gain = inv_gain[None, :, None, None]
+    lossy_boxes = [boxes[ti] for ti in payloads]
 
-    def synthesise(ti: int) -> None:
-        x0, y0, x1, y1 = boxes[ti]
-        ty, tx = divmod(ti, tiles_x)
-
-        def neighbour(dy: int, dx: int) -> np.ndarray | None:
-            if (dy or dx) and (ty + dy < 0 or tx + dx < 0 or tx + dx >= tiles_x):
-                return None
-            return lat.get((ty + dy) * tiles_x + tx + dx)
-
-        own = lat[ti]
-        top = HALO if neighbour(-1, 0) is not None else 0
-        bottom = HALO if neighbour(1, 0) is not None else 0
-        left = HALO if neighbour(0, -1) is not None else 0
-        right = HALO if neighbour(0, 1) is not None else 0
-        hh, ww = own.shape[2], own.shape[3]
-        window = np.zeros((1, own.shape[1], top + hh + bottom, left + ww + right), np.float32)
-        for dy, rows_dst, rows_src in ((-1, slice(0, top), slice(-top, None) if top else slice(0, 0)),
-                                       (0, slice(top, top + hh), slice(None)),
-                                       (1, slice(top + hh, None), slice(0, bottom))):
-            for dx, cols_dst, cols_src in ((-1, slice(0, left), slice(-left, None) if left else slice(0, 0)),
-                                           (0, slice(left, left + ww), slice(None)),
-                                           (1, slice(left + ww, None), slice(0, right))):
-                n = neighbour(dy, dx) if (dy or dx) else own
-                if n is None:
-                    continue
-                block = n[:, :, rows_src, cols_src]
-                dst = window[:, :, rows_dst, cols_dst]
-                h_, w_ = min(block.shape[2], dst.shape[2]), min(block.shape[3], dst.shape[3])
-                dst[:, :, :h_, :w_] = block[:, :, :h_, :w_]
-        (image,) = package.graph("decoder").run(["image"], {"latents": window,
-                                                            "inv_gain": inv_gain[None, :, None, None]})
-        crop = image[0, :, top * r:top * r + (y1 - y0), left * r:left * r + (x1 - x0)].transpose(1, 2, 0)
+    def synthesise(block: tuple[int, int, int, int]) -> None:
+        r0, r1, c0, c1 = block
+        w0, w1 = max(0, r0 - HALO), min(canvas.shape[1], r1 + HALO)
+        v0, v1 = max(0, c0 - HALO), min(canvas.shape[2], c1 + HALO)
+        window = canvas[None, :, w0:w1, v0:v1].astype(np.float32)
+        (image,) = package.graph("decoder", keep_buffers=True).run(["image"], {"latents": window,
+                                                                              "inv_gain": inv_gain})
+        py0, px0 = r0 * r, c0 * r
+        py1, px1 = min(height, r1 * r), min(width, c1 * r)
+        if py0 >= py1 or px0 >= px1:
+            return
+        crop = image[0, :, py0 - w0 * r:py1 - w0 * r, px0 - v0 * r:px1 - v0 * r].transpose(1, 2, 0)
         rgb = np.clip(np.round(crop * 255), 0, 255).astype(np.uint8)
         if out.ndim == 2:
             rgb = np.clip(np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)),
                           0, 255).astype(np.uint8)
-        out[y0:y1, x0:x1] = rgb
+        for x0, y0, x1, y1 in lossy_boxes:  # only the coder-3 tiles' pixels are ours to write
+            ya, yb, xa, xb = max(y0, py0), min(y1, py1), max(x0, px0), min(x1, px1)
+            if ya < yb and xa < xb:
+                out[ya:yb, xa:xb] = rgb[ya - py0:yb - py0, xa - px0:xb - px0]
 
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(synthesise, lat))
+        list(pool.map(synthesise, synthesis_blocks(canvas.shape[1], canvas.shape[2])))

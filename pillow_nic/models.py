@@ -44,11 +44,12 @@ class ModelPackage:
     _graphs: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def graph(self, role: str):
-        """A session for one ONNX graph of the package (cached, thread-safe to run)."""
+    def graph(self, role: str, keep_buffers: bool = False):
+        """A session for one ONNX graph of the package (cached, thread-safe to run);
+        ``keep_buffers`` as in ``runtime.load``, decided by a role's first use."""
         with self._lock:
             if role not in self._graphs:
-                self._graphs[role] = rt.load(self.files[role], self.runtime)
+                self._graphs[role] = rt.load(self.files[role], self.runtime, keep_buffers)
             return self._graphs[role]
 
     @property

@@ -127,3 +127,37 @@ def test_target_size_is_met_with_the_highest_fitting_quality(crop):
         pillow_nic.encode(crop, "RGB", lossless=True, target_size=1000)
     with pytest.raises(ValueError, match="tune"):
         Image.fromarray(crop).save(io.BytesIO(), "NIC", quality=50, tune="ssim")
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (7, 9), (8, 48), (32, 48), (33, 49), (100, 250)])
+def test_synthesis_blocks_cover_the_canvas_once(rows, cols):
+    cover = np.zeros((rows, cols), int)
+    blocks = lossy.synthesis_blocks(rows, cols)
+    for r0, r1, c0, c1 in blocks:
+        assert r1 - r0 <= lossy.BLOCK_ROWS and c1 - c0 <= lossy.BLOCK_COLS
+        cover[r0:r1, c0:c1] += 1
+    assert (cover == 1).all()
+    if 8 <= rows <= lossy.BLOCK_ROWS and cols <= lossy.BLOCK_COLS:
+        assert len(blocks) == 2  # one block would leave a core idle
+
+
+def test_blockwise_synthesis_equals_whole_canvas(photo):
+    """Blocks grown by HALO latents give the pixels of one synthesis of the whole canvas
+    (FORMAT.md, coder 3), so block borders cannot show."""
+    package = models.default_model("lossy")
+    data = pillow_nic.encode(photo, "RGB", lossless=False, quality=60, tile_size=128)
+    blocks = pillow_nic.decode(data).pixels
+    fp = io.BytesIO(data)
+    header = container.read_header(fp)
+    container.read_meta(fp, header)
+    canvas = np.zeros((1, 128, -(-photo.shape[0] // 64) * 4, -(-photo.shape[1] // 64) * 4), np.float32)
+    for ti, tile in enumerate(header.layers[0].tiles):
+        x0, y0, x1, y1 = header.tile_box(ti)
+        payload = container.read_payload(fp, tile, f"tile {ti}")
+        lat = lossy.decode_latents(package, payload, (y1 - y0, x1 - x0), 60, ti)
+        canvas[:, :, y0 // 16:y0 // 16 + lat.shape[2], x0 // 16:x0 // 16 + lat.shape[3]] = lat
+    _, inv_gain = lossy._lossy_for(package).gains(60)
+    (image,) = package.graph("decoder").run(["image"], {"latents": canvas, "inv_gain": inv_gain[None, :, None, None]})
+    whole = np.clip(np.round(image[0].transpose(1, 2, 0) * 255), 0, 255)[:photo.shape[0], :photo.shape[1]]
+    assert len(lossy.synthesis_blocks(canvas.shape[2], canvas.shape[3])) > 1
+    assert np.abs(whole - blocks.astype(np.float64)).max() <= 1

@@ -172,6 +172,10 @@ def main() -> None:
         step = state["step"]
         rng = np.random.default_rng(cfg["seed"] + step)
         print(f"resumed at step {step}", flush=True)
+    elif cfg.get("init_from"):
+        # a new run warm-started from an earlier model's weights (a model-only checkpoint)
+        model.load_state_dict(torch.load(ROOT / cfg["init_from"])["model"])
+        print(f"initialised from {cfg['init_from']}", flush=True)
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
