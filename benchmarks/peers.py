@@ -57,11 +57,30 @@ def _nic_lossless() -> Codec:
                  lambda d: pillow_nic.decode(d).pixels, (None,), lossless=True)
 
 
+JPEG_SETTINGS = (5, 10, 20, 35, 50, 65, 80, 90)
+
+
+def _jpeg_enhanced() -> Codec:
+    """Pillow's JPEG files, decoded and then restored by `nic enhance`'s network."""
+    from pillow_nic.codec import workers
+    from pillow_nic.restore import enhance_jpeg
+
+    enc, _ = _pil_codec("JPEG", subsampling="4:2:0")
+
+    def dec(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(enhance_jpeg(im, workers=workers()))
+
+    return Codec("jpeg+enhance", enc, dec, JPEG_SETTINGS)
+
+
 def lossy_codecs() -> list[Codec]:
     out = []
     if models.default_model("lossy") is not None:
         out.append(_nic_lossy())
-    out.append(Codec("jpeg", *_pil_codec("JPEG", subsampling="4:2:0"), (10, 20, 35, 50, 65, 80, 90)))
+    out.append(Codec("jpeg", *_pil_codec("JPEG", subsampling="4:2:0"), JPEG_SETTINGS))
+    if models.default_model("restore-jpeg") is not None:
+        out.append(_jpeg_enhanced())
     out.append(Codec("webp", *_pil_codec("WEBP", method=6), (5, 15, 30, 50, 70, 85, 95)))
     out.append(Codec("avif", *_pil_codec("AVIF", speed=6), (20, 35, 50, 60, 70, 80, 90)))
     jxl = _jpegxl()

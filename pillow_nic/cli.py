@@ -1,4 +1,4 @@
-"""The ``nic`` command: compress, decompress, info, compare, demo.
+"""The ``nic`` command: compress, decompress, enhance, info, compare, demo.
 
 Exit status: 0 success, 1 some input failed (each failure is reported on stderr),
 2 bad usage.  Outputs are written to a temporary file and renamed into place, so
@@ -99,17 +99,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def cmd_decompress(args: argparse.Namespace) -> int:
+def _convert_each(args: argparse.Namespace, suffixes: set[str], convert) -> int:
+    """Write ``convert(image) -> image`` of every input as ``args.format``, keeping the
+    ICC profile and EXIF; report failures per file and go on."""
     if args.runtime:
         os.environ["NIC_RUNTIME"] = args.runtime
-    files = _expand(args.inputs, {".nic"})
+    files = _expand(args.inputs, suffixes)
     failures = 0
     for i, (src, relative) in enumerate(files, 1):
         try:
             dst = _destination(src, relative, args.output, "." + args.format, len(files) > 1)
             with Image.open(src) as im:
                 save_args = {k: im.info[k] for k in ("icc_profile", "exif") if k in im.info}
-                buf = _encode_pil(im, args.format, save_args)
+                buf = _encode_pil(convert(im), args.format, save_args)
             atomic_write(dst, buf)
             if len(files) == 1 or args.verbose:
                 print(f"{src} -> {dst}")
@@ -118,6 +120,16 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\nnic: {src}: {exc}\n")
         _progress(i, len(files), str(src))
     return 1 if failures else 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    return _convert_each(args, {".nic"}, lambda im: im)
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from .restore import enhance_jpeg
+
+    return _convert_each(args, {".jpg", ".jpeg"}, lambda im: enhance_jpeg(im, workers=codec.workers()))
 
 
 def _encode_pil(im: Image.Image, fmt: str, save_args: dict) -> bytes:
@@ -242,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("original")
     m.add_argument("decoded", help="an image or a .nic file")
     m.set_defaults(func=cmd_compare)
+    n = sub.add_parser("enhance", help="JPEG files -> images with their compression artefacts removed")
+    n.add_argument("inputs", nargs="+", help="JPEG files, directories or globs")
+    n.add_argument("-o", "--output", help="output file (one input) or directory")
+    n.add_argument("--format", default="png", help="output format (png, tiff, bmp, ...)")
+    n.add_argument("--runtime", choices=runtime.RUNTIMES)
+    n.add_argument("-v", "--verbose", action="store_true")
+    n.set_defaults(func=cmd_enhance)
     e = sub.add_parser("demo", help="round-trip the bundled sample image")
     e.add_argument("-o", "--output", help="directory for the demo files")
     e.set_defaults(func=cmd_demo)

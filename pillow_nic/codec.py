@@ -45,7 +45,8 @@ class Decoded:
     metadata: dict[str, bytes] = field(default_factory=dict)
 
 
-def _workers() -> int:
+def workers() -> int:
+    """Threads for tiles and blocks: $NIC_THREADS, else every core."""
     return max(1, min(os.cpu_count() or 1, int(os.environ.get("NIC_THREADS", "0")) or (os.cpu_count() or 1)))
 
 
@@ -148,7 +149,7 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
             coding, model = STORED, None
         if coding == LOSSY:
             from . import lossy
-            coded = [(CODER_LOSSY, d) for d in lossy.encode_layer(model, layer_pixels, boxes, quality, _workers())]
+            coded = [(CODER_LOSSY, d) for d in lossy.encode_layer(model, layer_pixels, boxes, quality, workers())]
         else:
             coded = _code_tiles(layer_pixels, boxes, model if coding == LOSSLESS else None)
         if coding == LOSSLESS and all(c != CODER_LOSSLESS for c, _ in coded):
@@ -174,7 +175,7 @@ def _code_tiles(pixels: np.ndarray, boxes: list, model) -> list[tuple[int, bytes
             candidates.append((CODER_LOSSLESS, lossless.encode_tile(model, tile)))
         return min(candidates, key=lambda c: len(c[1]))
 
-    with ThreadPoolExecutor(_workers()) as pool:
+    with ThreadPoolExecutor(workers()) as pool:
         return list(pool.map(code_tile, boxes))
 
 
@@ -228,7 +229,7 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
         if learned_lossy:
             from . import lossy
             lossy.decode_layer(model, {ti: payloads[ti] for ti in learned_lossy}, boxes,
-                               layer.quality, out, _workers())
+                               layer.quality, out, workers())
 
         def decode_tile(ti: int) -> None:
             x0, y0, x1, y1 = boxes[ti]
@@ -236,7 +237,7 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
             out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
 
         others = [ti for ti, t in enumerate(layer.tiles) if t.coder != CODER_LOSSY]
-        with ThreadPoolExecutor(_workers()) as pool:
+        with ThreadPoolExecutor(workers()) as pool:
             list(pool.map(decode_tile, others))
         layer_arrays.append(out)
     if len(layer_arrays) == 1:
