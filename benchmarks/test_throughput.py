@@ -6,7 +6,8 @@
 Each benchmark's ``extra_info`` holds megapixels per second and bits per pixel;
 ``benchmarks/summarise.py`` turns a ``--benchmark-json`` file into ratio tables.
 Lossy codecs run at a setting near 0.5 bpp on Kodak; nic runs single-threaded
-("1 thread") and with all cores ("all cores"), the peers single-threaded.
+("1 thread") and with all cores ("all cores"), the peers single-threaded; nic also
+decodes under its NumPy runtime (native_fallback).
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ import pytest
 
 import peers
 
-MID_SETTING = {"nic": 60, "jpeg": 35, "webp": 30, "avif": 50, "jpegxl": 40}
+MID_SETTING = {"nic": 60, "jpeg": 35, "jpeg+enhance": 35, "webp": 30, "avif": 50, "jpegxl": 40}
 LOSSY = {c.name: c for c in peers.lossy_codecs()}
 LOSSLESS = {c.name: c for c in peers.lossless_codecs(include_slow=False)}
+
+
+def _uses_nic(codec) -> bool:
+    """nic itself, or a peer whose decode runs nic's restoration network."""
+    return codec.name.startswith("nic") or codec.name.endswith("+enhance")
 
 
 def _cases():
@@ -36,6 +42,12 @@ def threads(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["onnxruntime", "numpy"])
+def runtime(request, monkeypatch):
+    monkeypatch.setenv("NIC_RUNTIME", request.param)
+    return request.param
+
+
 def _run(benchmark, fn, quick):
     if quick:
         return benchmark.pedantic(fn, rounds=1, iterations=1)
@@ -43,20 +55,20 @@ def _run(benchmark, fn, quick):
 
 
 @pytest.mark.parametrize("codec, setting", list(_cases()))
-def test_decode(benchmark, codec, setting, images, threads, quick):
-    if threads == "all" and not codec.name.startswith("nic"):
-        pytest.skip("peers are measured single-threaded")
+def test_decode(benchmark, codec, setting, images, threads, runtime, quick):
+    if not _uses_nic(codec) and (threads == "all" or runtime == "numpy"):
+        pytest.skip("peers are measured single-threaded, once")
     coded = [codec.encode(rgb, setting) for _, rgb in images]
     pixels = sum(rgb.shape[0] * rgb.shape[1] for _, rgb in images)
     out = _run(benchmark, lambda: [codec.decode(d) for d in coded], quick)
     assert all(o.shape == rgb.shape for o, (_, rgb) in zip(out, images))
-    benchmark.extra_info.update(codec=codec.name, setting=setting, threads=threads, megapixels=pixels / 1e6,
-                                bpp=8 * sum(map(len, coded)) / pixels)
+    benchmark.extra_info.update(codec=codec.name, setting=setting, threads=threads, runtime=runtime,
+                                megapixels=pixels / 1e6, bpp=8 * sum(map(len, coded)) / pixels)
 
 
 @pytest.mark.parametrize("codec, setting", list(_cases()))
 def test_encode(benchmark, codec, setting, images, threads, quick):
-    if threads == "all" and not codec.name.startswith("nic"):
+    if threads == "all" and not _uses_nic(codec):
         pytest.skip("peers are measured single-threaded")
     pixels = sum(rgb.shape[0] * rgb.shape[1] for _, rgb in images)
     coded = _run(benchmark, lambda: [codec.encode(rgb, setting) for _, rgb in images], quick)

@@ -46,8 +46,8 @@ def conv(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1, 
 
 def conv_transpose(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1, kernel_shape=None,
                    output_padding=None, auto_pad="NOTSET"):
-    """2-D transposed convolution: one matrix product, then each kernel tap is added
-    into the strided output (col2im)."""
+    """2-D transposed convolution: one matrix product, then the taps are added into the
+    output (col2im): in whole blocks when the kernel is a multiple of the stride."""
     if group != 1 or tuple(dilations) != (1, 1) or (output_padding and any(output_padding)):
         raise NotImplementedError("ConvTranspose: only group=1, dilation 1, no output padding")
     x = _f32(x)
@@ -56,12 +56,26 @@ def conv_transpose(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1),
     _, o, kh, kw = w.shape
     sh, sw = strides
     t, l, btm, r = _pads(pads, kh, kw)
-    cols = np.tensordot(x, w, axes=([1], [0]))  # (n, h, w, o, kh, kw)
     full_h, full_w = (h - 1) * sh + kh, (wd - 1) * sw + kw
-    out = np.zeros((n, o, full_h, full_w), dtype=np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i:i + (h - 1) * sh + 1:sh, j:j + (wd - 1) * sw + 1:sw] += cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    if kh % sh == 0 and kw % sw == 0:
+        # tap (di*sh + p, dj*sw + q) of input (a, b) lands on output (a + di, p, b + dj, q) in
+        # units of the stride: sum the kh/sh x kw/sw shifted products with the (o, p, q) block
+        # contiguous, then interleave once
+        bh, bw = kh // sh, kw // sw
+        wr = np.ascontiguousarray(w.reshape(c, o, bh, sh, bw, sw).transpose(0, 2, 4, 1, 3, 5))
+        cols = np.tensordot(x, wr, axes=([1], [0]))  # (n, h, w, bh, bw, o, sh, sw)
+        acc = np.zeros((n, h + bh - 1, wd + bw - 1, o, sh, sw), dtype=np.float32)
+        for di in range(bh):
+            for dj in range(bw):
+                acc[:, di:di + h, dj:dj + wd] += cols[:, :, :, di, dj]
+        out = acc.transpose(0, 3, 1, 4, 2, 5).reshape(n, o, full_h, full_w)
+    else:
+        cols = np.tensordot(x, w, axes=([1], [0]))  # (n, h, w, o, kh, kw)
+        out = np.zeros((n, o, full_h, full_w), dtype=np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, i:i + (h - 1) * sh + 1:sh, j:j + (wd - 1) * sw + 1:sw] += \
+                    cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
     out = out[:, :, t:full_h - btm, l:full_w - r]
     if b is not None:
         out = out + _f32(b)[None, :, None, None]
