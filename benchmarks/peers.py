@@ -27,6 +27,7 @@ class Codec:
     decode: Callable[[bytes], np.ndarray]
     settings: tuple  # quality sweep for lossy codecs; (None,) for lossless ones
     lossless: bool = False
+    base: str | None = None  # the peer whose files this codec restores (hybrid, enhance)
 
 
 def _pil_codec(fmt: str, **fixed) -> tuple[Callable, Callable]:
@@ -65,22 +66,29 @@ def _jpeg_enhanced() -> Codec:
     from pillow_nic.codec import workers
     from pillow_nic.restore import enhance_jpeg
 
-    enc, _ = _pil_codec("JPEG", subsampling="4:2:0")
+    enc, _ = _pil_codec("JPEG", subsampling="4:2:0", optimize=True)
 
     def dec(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(enhance_jpeg(im, workers=workers()))
 
-    return Codec("jpeg+enhance", enc, dec, JPEG_SETTINGS)
+    return Codec("jpeg+enhance", enc, dec, JPEG_SETTINGS, base="jpeg")
+
+
+def _nic_hybrid() -> Codec:
+    def enc(rgb, q):
+        return pillow_nic.encode(rgb, "RGB", lossless=False, quality=q, profile="hybrid")
+
+    return Codec("nic-hybrid", enc, lambda d: pillow_nic.decode(d).pixels, JPEG_SETTINGS, base="jpeg")
 
 
 def lossy_codecs() -> list[Codec]:
     out = []
     if models.default_model("lossy") is not None:
         out.append(_nic_lossy())
-    out.append(Codec("jpeg", *_pil_codec("JPEG", subsampling="4:2:0"), JPEG_SETTINGS))
+    out.append(Codec("jpeg", *_pil_codec("JPEG", subsampling="4:2:0", optimize=True), JPEG_SETTINGS))
     if models.default_model("restore-jpeg") is not None:
-        out.append(_jpeg_enhanced())
+        out += [_nic_hybrid(), _jpeg_enhanced()]
     out.append(Codec("webp", *_pil_codec("WEBP", method=6), (5, 15, 30, 50, 70, 85, 95)))
     out.append(Codec("avif", *_pil_codec("AVIF", speed=6), (20, 35, 50, 60, 70, 80, 90)))
     jxl = _jpegxl()

@@ -73,7 +73,7 @@ def run_lossy(images, codecs) -> list[dict]:
                 rows.append(dict(image=name, bpp=8 * len(data) / px, psnr=metrics.psnr(rgb, out),
                                  msssim=metrics.ms_ssim(rgb, out), enc_s=t1 - t0, dec_s=t2 - t1, px=px))
             px = sum(r["px"] for r in rows)
-            points.append(dict(codec=codec.name, setting=setting, images=rows,
+            points.append(dict(codec=codec.name, base=codec.base, setting=setting, images=rows,
                                bpp=float(np.mean([r["bpp"] for r in rows])),
                                psnr=float(np.mean([r["psnr"] for r in rows])),
                                msssim=float(np.mean([r["msssim"] for r in rows])),
@@ -187,19 +187,18 @@ def markdown(points: list[dict], lossless: list[dict]) -> str:
                 bm = bd_rate(c["nic"]["bpp"], c["nic"]["msssim"], other["bpp"], other["msssim"])
                 fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"  # noqa: E731
                 lines.append(f"| {name} | {fmt(bp)} | {fmt(bm)} |")
-    enhanced = [name for name in curves(points) if name.endswith("+enhance")] if points else []
-    for name in enhanced:
-        base = name.removesuffix("+enhance")
+    restorers = {p["codec"]: p["base"] for p in points if p.get("base")}
+    for name, base in restorers.items():
         c = curves(points)
         bp = bd_rate(c[name]["bpp"], c[name]["psnr"], c[base]["bpp"], c[base]["psnr"])
-        lines += ["", f"Restoration: {name} against {base} alone, same files "
+        lines += ["", f"Restoration: {name} against {base} alone "
                       f"(BD-rate PSNR {'n/a' if bp is None else f'{bp:+.1f} %'}):", "",
-                  "| setting | bpp | PSNR plain | PSNR restored | gain dB |", "|---|---|---|---|---|"]
+                  "| setting | bpp | PSNR plain | PSNR restored | gain dB | decode MP/s |", "|---|---|---|---|---|---|"]
         plain = {p["setting"]: p for p in points if p["codec"] == base}
         for p in (p for p in points if p["codec"] == name):
             b = plain[p["setting"]]
             lines.append(f"| {p['setting']} | {p['bpp']:.3f} | {b['psnr']:.2f} | {p['psnr']:.2f} | "
-                         f"{p['psnr'] - b['psnr']:+.2f} |")
+                         f"{p['psnr'] - b['psnr']:+.2f} | {p['dec_mps']:.1f} |")
     if lossless:
         lines += ["", "| lossless codec | bpp | encode MP/s | decode MP/s |", "|---|---|---|---|"]
         lines += [f"| {r['codec']} | {r['bpp']:.3f} | {r['enc_mps']:.2f} | {r['dec_mps']:.2f} |" for r in lossless]

@@ -94,7 +94,8 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     if info.get("tune", "psnr") != "psnr":
         raise ValueError(f"tune={info['tune']!r} needs a model tuned for it; this release has tune='psnr' only")
     data = codec.encode(pixels, im.mode, lossless=lossless, quality=quality, metadata=_metadata(im, info),
-                        tile_size=info.get("tile_size"), target_size=info.get("target_size"))
+                        tile_size=info.get("tile_size"), target_size=info.get("target_size"),
+                        profile=info.get("profile", "learned"))
     fp.write(data)
 
 

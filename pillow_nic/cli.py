@@ -83,7 +83,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             dst = _destination(src, relative, args.output, ".nic", len(files) > 1)
             with Image.open(src) as im:
                 buf = io.BytesIO()
-                im.save(buf, "NIC", lossless=args.lossless, quality=args.quality)
+                im.save(buf, "NIC", lossless=args.lossless, quality=args.quality, profile=args.profile)
                 width, height = im.size
             data = buf.getvalue()
             atomic_write(dst, data)
@@ -160,7 +160,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for li, layer in enumerate(header.layers):
         coders = sorted({container.CODERS[t.coder] for t in layer.tiles})
         desc = f"layer {li}: {layer.planes} plane(s), {container.CODINGS[layer.coding]}"
-        if layer.coding == container.LOSSY:
+        if layer.coding in container.QUALITY_CODINGS:
             desc += f" quality {layer.quality}"
         if layer.model_name:
             desc += f", model {layer.model_name} (sha256 {layer.model_hash.hex()[:16]})"
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group()
     g.add_argument("-q", "--quality", type=int, default=75, help="lossy quality 1-100 (default 75)")
     g.add_argument("--lossless", action="store_true", help="bit-exact coding")
+    c.add_argument("--profile", choices=codec.PROFILES, default="learned",
+                   help="lossy coding: the learned codec (default) or hybrid (JPEG + learned restoration)")
     c.add_argument("--delete", action="store_true", help="remove each original after it is written")
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_compress)

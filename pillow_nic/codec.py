@@ -18,11 +18,12 @@ import numpy as np
 import zstandard
 
 from . import container
-from .container import (CODER_LOSSLESS, CODER_LOSSY, CODER_RAW, CODER_ZSTD, LOSSLESS, LOSSY, MODE_LAYERS,
-                        STORED, Header, Layer, NicError, Tile)
+from .container import (CODER_LOSSLESS, CODER_LOSSY, CODER_RAW, CODER_STANDARD, CODER_ZSTD, HYBRID, LOSSLESS,
+                        LOSSY, MODE_LAYERS, QUALITY_CODINGS, STORED, Header, Layer, NicError, Tile)
 
 SUPPORTED_MODES = tuple(MODE_LAYERS)
-DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512}
+DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512, HYBRID: 1024}
+PROFILES = ("learned", "hybrid")  # lossy coding: the learned transform codec, or a standard codec + restoration
 SMALL_TILE = 256
 MIN_LOSSLESS_TILES = 4  # enough to keep two cores busy; fixed, so output never depends on the machine
 
@@ -92,20 +93,23 @@ def _stored_candidates(tile: np.ndarray) -> list[tuple[int, bytes]]:
 
 def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int = 90,
            metadata: dict[str, bytes] | None = None, tile_size: int | None = None,
-           runtime: str | None = None, target_size: int | None = None) -> bytes:
+           runtime: str | None = None, target_size: int | None = None, profile: str = "learned") -> bytes:
     """Encode an image array of Pillow ``mode`` to `.nic` bytes.
 
     ``lossless=True`` guarantees identical pixels on decode; otherwise ``quality``
-    (1-100) selects the rate of the learned lossy model (alpha stays lossless), or
-    ``target_size`` (bytes) asks for the highest quality whose file fits, found by
-    bisection (quality 1 if none fits).  Invalid arguments raise ValueError.
+    (1-100) selects the rate of the lossy ``profile`` (alpha stays lossless): "learned",
+    the learned transform codec, or "hybrid", a standard codec restored by a learned
+    network.  ``target_size`` (bytes) asks for the highest quality whose file fits,
+    found by bisection (quality 1 if none fits).  Invalid arguments raise ValueError.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if target_size is not None:
         if lossless:
             raise ValueError("target_size applies to lossy coding (lossless=False)")
         if isinstance(target_size, bool) or not isinstance(target_size, (int, np.integer)) or target_size < 1:
             raise ValueError(f"target_size must be a positive number of bytes, got {target_size!r}")
-        kwargs = dict(lossless=False, metadata=metadata, tile_size=tile_size, runtime=runtime)
+        kwargs = dict(lossless=False, metadata=metadata, tile_size=tile_size, runtime=runtime, profile=profile)
         lo, hi = 1, 100
         best = encode(pixels, mode, quality=1, **kwargs)
         if len(best) > target_size:
@@ -131,7 +135,7 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
             raise ValueError(f"metadata {key!r} must be bytes")
     layers = _layers(pixels, mode)
     lossy_ok = not lossless and mode not in ("1", "I;16")
-    colour_coding = LOSSY if lossy_ok else LOSSLESS
+    colour_coding = (HYBRID if profile == "hybrid" else LOSSY) if lossy_ok else LOSSLESS
     size = tile_size or default_tile_size(colour_coding, pixels.shape[1], pixels.shape[0])
     if not (container.MIN_TILE <= size <= container.MAX_TILE and size % 16 == 0):
         raise ValueError(f"tile_size must be a multiple of 16 from {container.MIN_TILE} to {container.MAX_TILE}")
@@ -142,19 +146,25 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
     payloads = []
     for li, (planes, layer_pixels) in enumerate(zip(MODE_LAYERS[mode], layers)):
         coding = colour_coding if li == 0 else LOSSLESS
-        model = models.default_model("lossy" if coding == LOSSY else "lossless", runtime)
-        if coding == LOSSY and model is None:
-            raise ValueError("lossy coding needs a lossy model and none is installed; use lossless=True")
-        if coding == LOSSLESS and (mode in ("1", "I;16") or model is None):
-            coding, model = STORED, None
-        if coding == LOSSY:
+        if coding == HYBRID:
+            from . import hybrid
+            codec_id, model = hybrid.base_codec_for(runtime)
+            coded = _code_tiles(layer_pixels, boxes, lambda tile: (
+                CODER_STANDARD, hybrid.encode_tile(tile, quality, codec_id)))
+        elif coding == LOSSY:
             from . import lossy
+            model = models.default_model("lossy", runtime)
+            if model is None:
+                raise ValueError("lossy coding needs a lossy model and none is installed; use lossless=True")
             coded = [(CODER_LOSSY, d) for d in lossy.encode_layer(model, layer_pixels, boxes, quality, workers())]
         else:
-            coded = _code_tiles(layer_pixels, boxes, model if coding == LOSSLESS else None)
-        if coding == LOSSLESS and all(c != CODER_LOSSLESS for c, _ in coded):
-            coding, model = STORED, None  # no tile needed the model: do not depend on it
-        layer = Layer(planes, coding, quality if coding == LOSSY else 0,
+            model = models.default_model("lossless", runtime) if mode not in ("1", "I;16") else None
+            if model is None:
+                coding = STORED
+            coded = _code_tiles(layer_pixels, boxes, _lossless_coder(model) if model else None)
+            if coding == LOSSLESS and all(c != CODER_LOSSLESS for c, _ in coded):
+                coding, model = STORED, None  # no tile needed the model: do not depend on it
+        layer = Layer(planes, coding, quality if coding in QUALITY_CODINGS else 0,
                       model.name if model else "", model.hash if model else bytes(32),
                       [Tile(c, len(d), 0) for c, d in coded])
         header.layers.append(layer)
@@ -164,15 +174,19 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
     return out.getvalue()
 
 
-def _code_tiles(pixels: np.ndarray, boxes: list, model) -> list[tuple[int, bytes]]:
-    """Per tile, the smallest of raw, zstd and (with a lossless model) the learned coder."""
+def _lossless_coder(model):
+    from . import lossless
+    return lambda tile: (CODER_LOSSLESS, lossless.encode_tile(model, tile))
+
+
+def _code_tiles(pixels: np.ndarray, boxes: list, coder) -> list[tuple[int, bytes]]:
+    """Per tile, the smallest of raw, zstd and (if given) ``coder(tile) -> (coder id, payload)``."""
     def code_tile(box: tuple[int, int, int, int]) -> tuple[int, bytes]:
         x0, y0, x1, y1 = box
         tile = pixels[y0:y1, x0:x1]
         candidates = _stored_candidates(tile)
-        if model is not None:
-            from . import lossless
-            candidates.append((CODER_LOSSLESS, lossless.encode_tile(model, tile)))
+        if coder is not None:
+            candidates.append(coder(tile))
         return min(candidates, key=lambda c: len(c[1]))
 
     with ThreadPoolExecutor(workers()) as pool:
@@ -231,14 +245,26 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
             lossy.decode_layer(model, {ti: payloads[ti] for ti in learned_lossy}, boxes,
                                layer.quality, out, workers())
 
+        base_codecs = {}  # coder-4 tile -> its base codec id
+
         def decode_tile(ti: int) -> None:
             x0, y0, x1, y1 = boxes[ti]
             tshape = (y1 - y0, x1 - x0) + shape[2:]
-            out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
+            if layer.tiles[ti].coder == CODER_STANDARD:
+                from . import hybrid
+                base_codecs[ti], out[y0:y1, x0:x1] = hybrid.decode_tile(payloads[ti], tshape, ti)
+            else:
+                out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
 
         others = [ti for ti, t in enumerate(layer.tiles) if t.coder != CODER_LOSSY]
         with ThreadPoolExecutor(workers()) as pool:
             list(pool.map(decode_tile, others))
+        if base_codecs:
+            from . import hybrid
+            if len(set(base_codecs.values())) > 1:
+                raise NicError(f"layer {li}: tiles use different base codecs")
+            hybrid.restore_layer(model, next(iter(base_codecs.values())), out, [boxes[ti] for ti in base_codecs],
+                                 layer.quality, workers())
         layer_arrays.append(out)
     if len(layer_arrays) == 1:
         pixels = layer_arrays[0]

@@ -22,15 +22,18 @@ MODE_IDS = {v: k for k, v in MODES.items()}
 #: Per mode: (planes of each layer) - the colour layer, then alpha if any.
 MODE_LAYERS = {"1": (1,), "L": (1,), "LA": (1, 1), "RGB": (3,), "RGBA": (3, 1), "I;16": (1,)}
 
-STORED, LOSSLESS, LOSSY = 0, 1, 2
-CODINGS = {STORED: "stored", LOSSLESS: "lossless", LOSSY: "lossy"}
+STORED, LOSSLESS, LOSSY, HYBRID = 0, 1, 2, 3
+CODINGS = {STORED: "stored", LOSSLESS: "lossless", LOSSY: "lossy", HYBRID: "hybrid"}
+QUALITY_CODINGS = (LOSSY, HYBRID)  # colour layers of 8-bit modes only, with a quality 1-100
 
-CODER_RAW, CODER_ZSTD, CODER_LOSSLESS, CODER_LOSSY = 0, 1, 2, 3
-CODERS = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_LOSSLESS: "learned-lossless", CODER_LOSSY: "learned-lossy"}
+CODER_RAW, CODER_ZSTD, CODER_LOSSLESS, CODER_LOSSY, CODER_STANDARD = 0, 1, 2, 3, 4
+CODERS = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_LOSSLESS: "learned-lossless", CODER_LOSSY: "learned-lossy",
+          CODER_STANDARD: "standard-codec"}
 CODERS_FOR_CODING = {
     STORED: {CODER_RAW, CODER_ZSTD},
     LOSSLESS: {CODER_RAW, CODER_ZSTD, CODER_LOSSLESS},
     LOSSY: {CODER_RAW, CODER_ZSTD, CODER_LOSSY},
+    HYBRID: {CODER_RAW, CODER_ZSTD, CODER_STANDARD},
 }
 
 META_TAGS = {b"EXIF": "exif", b"ICCP": "icc_profile", b"XMP ": "xmp"}
@@ -153,11 +156,11 @@ def read_header(fp: BinaryIO) -> Header:
             raise NicError(f"layer {li}: {planes} planes, mode {mode} needs {planes_expected}")
         if coding not in CODINGS:
             raise NicError(f"layer {li}: unknown coding {coding}")
-        if coding == LOSSY and (li > 0 or mode in ("1", "I;16")):
-            raise NicError(f"layer {li}: lossy coding is not allowed for this layer of mode {mode}")
+        if coding in QUALITY_CODINGS and (li > 0 or mode in ("1", "I;16")):
+            raise NicError(f"layer {li}: {CODINGS[coding]} coding is not allowed for this layer of mode {mode}")
         if coding == LOSSY and tile_size % 64:
             raise NicError(f"layer {li}: lossy coding needs a tile size that is a multiple of 64, not {tile_size}")
-        if (coding == LOSSY) != (1 <= quality <= 100) or (coding != LOSSY and quality != 0):
+        if (coding in QUALITY_CODINGS) != (1 <= quality <= 100) or (coding not in QUALITY_CODINGS and quality != 0):
             raise NicError(f"layer {li}: invalid quality {quality} for {CODINGS[coding]} coding")
         if name_len > 64 or (name_len == 0) != (coding == STORED):
             raise NicError(f"layer {li}: invalid model name length {name_len}")
