@@ -56,6 +56,9 @@ CASES = {
     # model nic-lossless-2 (755f8d1e367a): quarter-level means
     "lossless2_rgb_70x45": ("RGB", 70, 45, dict(lossless=True, tile_size=32)),
     "lossless2_la_33x64": ("LA", 33, 64, dict(lossless=True)),
+    # model nic-lossy-1 (33aabb332aa3): four tiles synthesised across their borders
+    "lossy1_rgb_100x130": ("RGB", 100, 130, dict(lossless=False, quality=40, tile_size=64)),
+    "lossy1_la_70x64": ("LA", 70, 64, dict(lossless=False, quality=80)),
 }
 
 
