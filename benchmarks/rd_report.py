@@ -215,13 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="skip the slowest peer settings (WebP lossless m6)")
     ap.add_argument("--threads", type=int, default=1, help="threads for nic (default 1, like the peers)")
     ap.add_argument("--seams", action="store_true", help="also measure error at lossy tile borders")
+    ap.add_argument("--codecs", help="comma-separated lossy codec names to run (default: all)")
     args = ap.parse_args(argv)
     os.environ["NIC_THREADS"] = str(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = peers.image_set(args.images, args.limit)
     print(f"{len(images)} images", file=sys.stderr)
-    points = [] if args.skip_lossy else run_lossy(images, peers.lossy_codecs())
+    lossy_codecs = [c for c in peers.lossy_codecs() if not args.codecs or c.name in args.codecs.split(",")]
+    points = [] if args.skip_lossy else run_lossy(images, lossy_codecs)
     lossless = [] if args.skip_lossless else run_lossless(images, peers.lossless_codecs(not args.fast))
     (out_dir / "rd.json").write_text(json.dumps(dict(images=[n for n, _ in images], lossy=points,
                                                      lossless=lossless), indent=1))

@@ -51,6 +51,24 @@ class Restorer(nn.Module):
         return torch.clamp(image + self.tail(h), 0, 1)
 
 
+def grow_from(model: Restorer, state: dict) -> None:
+    """Start from a shallower trained restorer: its layers, then identity convolutions
+    (exact after a ReLU), so training resumes from the same function with more depth."""
+    depth = len({k.split(".")[1] for k in state if k.startswith("body.")})
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith("body.") or int(key.split(".")[1]) < depth:
+            own[key] = value
+    with torch.no_grad():
+        for conv in model.body[depth:]:
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[:, :, 1, 1] = torch.eye(conv.weight.shape[0])
+    model.load_state_dict(own)
+    for conv in model.body[depth:]:  # load_state_dict kept the identity kernels of the new layers
+        assert conv.weight[:, :, 1, 1].diagonal().eq(1).all()
+
+
 def degrade(crop: np.ndarray, codec: str, quality: int) -> np.ndarray:
     """The crop after a real round trip through ``codec`` at ``quality``."""
     buf = io.BytesIO()
@@ -87,6 +105,9 @@ def main() -> None:
         step = state["step"]
         rng = np.random.default_rng(cfg["seed"] + step)
         print(f"resumed at step {step}", flush=True)
+    elif cfg.get("init_from"):
+        grow_from(model, torch.load(ROOT / cfg["init_from"])["model"])
+        print(f"initialised from {cfg['init_from']}", flush=True)
 
     def to_tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255
