@@ -92,3 +92,14 @@ def test_base_codec_file_of_the_wrong_size_or_type_is_refused(photo):
     truncated = hybrid.encode_tile(crop, 20, hybrid.JPEG)[:300]
     with pytest.raises(pillow_nic.NicError):
         pillow_nic.decode(with_payload(data, truncated))
+
+
+def test_cli_compress_with_the_hybrid_profile(photo, tmp_path, capsys):
+    from pillow_nic import cli
+
+    src = tmp_path / "p.png"
+    Image.fromarray(photo).save(src)
+    assert cli.main(["compress", str(src), "-q", "20", "--profile", "hybrid", "-o", str(tmp_path / "p.nic")]) == 0
+    assert cli.main(["info", str(tmp_path / "p.nic")]) == 0
+    out = capsys.readouterr().out
+    assert "hybrid quality 20" in out and "standard-codec" in out
