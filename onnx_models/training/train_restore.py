@@ -86,7 +86,9 @@ def sample_quality(rng: np.random.Generator, low: int, high: int) -> int:
 def main() -> None:
     cfg, run_dir, rng, log = start_run(__doc__.splitlines()[0])
     crops_file = ROOT / cfg["crops_from"]
-    crops = np.load(crops_file) if crops_file.exists() else load_crops(cfg["data"], cfg["crops"], 128, rng)
+    # the lossy run's crops (extracted with seed 1): the same held-out validation crops
+    crops = np.load(crops_file) if crops_file.exists() else \
+        load_crops(cfg["data"], cfg["crops"], 128, np.random.default_rng(1))
     n_val = cfg["val_crops"]
     val, train = crops[:n_val], crops[n_val:]
     codec, (q_low, q_high) = cfg["codec"], cfg["quality_range"]
