@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 
 from . import runtime as rt
-from .container import Layer, NicError
+from .container import HYBRID, LOSSLESS, LOSSY, Layer, NicError
+
+#: coding -> the prefix of the package kinds it may name (a hybrid layer names a restoration
+#: package; which one fits its base codec is checked by the hybrid coder)
+KIND_FOR_CODING = {LOSSLESS: "lossless", LOSSY: "lossy", HYBRID: "restore-"}
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "onnx_models"
 MANIFEST = MODEL_DIR / "manifest.json"
@@ -85,12 +89,15 @@ def _package(hash_hex: str, runtime_name: str) -> ModelPackage:
 
 
 def model_for(layer: Layer, runtime: str | None = None) -> ModelPackage:
-    """The package a layer was coded with, or NicError naming the unknown model."""
+    """The package a layer was coded with, or NicError naming the unknown or unfitting model."""
     try:
-        return _package(layer.model_hash.hex(), rt.select(runtime))
+        package = _package(layer.model_hash.hex(), rt.select(runtime))
     except KeyError:
         raise NicError(f"unknown model {layer.model_name!r} (sha256 {layer.model_hash.hex()[:16]}...): "
                        "this installation of nic cannot decode it; a newer release may") from None
+    if not package.kind.startswith(KIND_FOR_CODING.get(layer.coding, "?")):
+        raise NicError(f"model {package.name} is a {package.kind} package and cannot decode this layer's coding")
+    return package
 
 
 def default_model(kind: str, runtime: str | None = None) -> ModelPackage | None:

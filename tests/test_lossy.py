@@ -161,3 +161,19 @@ def test_blockwise_synthesis_equals_whole_canvas(photo):
     whole = np.clip(np.round(image[0].transpose(1, 2, 0) * 255), 0, 255)[:photo.shape[0], :photo.shape[1]]
     assert len(lossy.synthesis_blocks(canvas.shape[2], canvas.shape[3])) > 1
     assert np.abs(whole - blocks.astype(np.float64)).max() <= 1
+
+
+def test_layer_naming_a_package_of_another_kind_is_refused(crop):
+    """A lossy layer that names the lossless package (valid hash, wrong kind) is refused
+    cleanly, not with a missing-graph crash."""
+    data = pillow_nic.encode(crop, "RGB", lossless=False, quality=50)
+    fp = io.BytesIO(data)
+    header = container.read_header(fp)
+    payloads = [[container.read_payload(fp, t, "tile") for t in header.layers[0].tiles]]
+    other = models.default_model("lossless")
+    layer = header.layers[0]
+    header.layers[0] = container.Layer(layer.planes, layer.coding, layer.quality, other.name, other.hash, layer.tiles)
+    out = io.BytesIO()
+    container.write(out, header, payloads, {})
+    with pytest.raises(pillow_nic.NicError, match="cannot decode this layer"):
+        pillow_nic.decode(out.getvalue())
