@@ -27,7 +27,8 @@ def pixel_hash(pixels: np.ndarray) -> str:
 
 
 def latent_hash(data: bytes) -> str:
-    """Hash of every coder-3 tile's dequantised latents: exact on every runtime and machine."""
+    """Hash of every coder-3 tile's dequantised latents (exact on every runtime and machine);
+    for a hybrid layer, of its coder-4 payloads (the base codec's files)."""
     from pillow_nic import container, lossy, models
 
     h = hashlib.sha256()
@@ -40,6 +41,8 @@ def latent_hash(data: bytes) -> str:
             x0, y0, x1, y1 = header.tile_box(ti)
             payload = container.read_payload(fp, tile, f"tile {ti}")
             h.update(lossy.decode_latents(package, payload, (y1 - y0, x1 - x0), layer.quality, ti).tobytes())
+        elif tile.coder == container.CODER_STANDARD:
+            h.update(container.read_payload(fp, tile, f"tile {ti}"))
     return h.hexdigest()
 
 
@@ -59,6 +62,10 @@ CASES = {
     # model nic-lossy-1 (33aabb332aa3): four tiles synthesised across their borders
     "lossy1_rgb_100x130": ("RGB", 100, 130, dict(lossless=False, quality=40, tile_size=64)),
     "lossy1_la_70x64": ("LA", 70, 64, dict(lossless=False, quality=80)),
+    # hybrid coding, JPEG base restored by nic-restore-jpeg-1 (0e46e6499ceb)
+    "hybrid_restore1_rgb_72x100": ("RGB", 72, 100, dict(lossless=False, quality=20, profile="hybrid",
+                                                         tile_size=48)),
+    "hybrid_restore1_l_50x40": ("L", 50, 40, dict(lossless=False, quality=10, profile="hybrid")),
 }
 
 
