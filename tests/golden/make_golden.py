@@ -66,6 +66,9 @@ CASES = {
     "hybrid_restore1_rgb_72x100": ("RGB", 72, 100, dict(lossless=False, quality=20, profile="hybrid",
                                                          tile_size=48)),
     "hybrid_restore1_l_50x40": ("L", 50, 40, dict(lossless=False, quality=10, profile="hybrid")),
+    # model nic-lossy-2 (c8d1afbfbde8) and nic-restore-jpeg-2 (9cea389a562d)
+    "lossy2_rgba_90x70": ("RGBA", 90, 70, dict(lossless=False, quality=1, tile_size=64)),
+    "hybrid_restore2_rgb_64x64": ("RGB", 64, 64, dict(lossless=False, quality=35, profile="hybrid")),
 }
 
 
