@@ -53,7 +53,7 @@ def decode_tile(data: bytes, shape: tuple[int, ...], index: int) -> tuple[int, n
                                f"expected {shape[1]}x{shape[0]} {mode}")
             im.load()
             return data[0], np.asarray(im)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, NicError):
             raise
         raise NicError(f"tile {index}: corrupt {fmt} data ({exc})") from None

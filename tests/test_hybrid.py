@@ -89,6 +89,11 @@ def test_base_codec_file_of_the_wrong_size_or_type_is_refused(photo):
     Image.fromarray(crop).save(png, "PNG")
     with pytest.raises(pillow_nic.NicError, match="corrupt JPEG"):
         pillow_nic.decode(with_payload(data, b"\x01" + png.getvalue()))
+    huge = bytearray(hybrid.encode_tile(crop, 20, hybrid.JPEG))
+    sof = huge.index(b"\xff\xc0") if b"\xff\xc0" in huge else huge.index(b"\xff\xc2")
+    huge[sof + 5:sof + 9] = (65000).to_bytes(2, "big") * 2  # a frame header claiming 65000x65000
+    with pytest.raises(pillow_nic.NicError):
+        pillow_nic.decode(with_payload(data, bytes(huge)))
     truncated = hybrid.encode_tile(crop, 20, hybrid.JPEG)[:300]
     with pytest.raises(pillow_nic.NicError):
         pillow_nic.decode(with_payload(data, truncated))
