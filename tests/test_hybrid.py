@@ -108,3 +108,19 @@ def test_cli_compress_with_the_hybrid_profile(photo, tmp_path, capsys):
     assert cli.main(["info", str(tmp_path / "p.nic")]) == 0
     out = capsys.readouterr().out
     assert "hybrid quality 20" in out and "standard-codec" in out
+
+
+@pytest.mark.parametrize("h, w, mode", [(1, 1, "RGB"), (5, 17, "RGB"), (1, 1, "L"), (3, 2, "RGBA"), (37, 53, "RGB"),
+                                        (41, 30, "L")])
+def test_odd_sizes(photo, h, w, mode):
+    """Tiny tiles fall back to raw samples (never bigger than stored); others are JPEG."""
+    rgb = np.ascontiguousarray(photo[100:100 + h, 100:100 + w])
+    pixels = {"RGB": rgb, "L": np.asarray(Image.fromarray(rgb).convert("L")),
+              "RGBA": np.concatenate([rgb, np.full((h, w, 1), 200, np.uint8)], axis=2)}[mode]
+    data = pillow_nic.encode(pixels, mode, lossless=False, quality=30, profile="hybrid")
+    out = pillow_nic.decode(data).pixels
+    assert out.shape == pixels.shape
+    assert len(data) <= pixels.size + 300
+    if h * w >= 1000:
+        assert pillow_nic.read_info(data).layers[0].tiles[0].coder == container.CODER_STANDARD
+        assert metrics.psnr(pixels, out) > 25
