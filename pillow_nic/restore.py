@@ -16,7 +16,7 @@ from . import models
 from .container import NicError
 
 BLOCK = 512  # pixels restored per call
-HALO = 32    # context on each side: the network reaches 20 pixels
+HALO = 32  # context on each side: released networks reach at most 27 pixels (FORMAT.md)
 
 # ITU-T T.81 Annex K luminance table (row-major), the table IJG quality scales
 _IJG_LUMA = np.array([
