@@ -23,6 +23,9 @@ from train_restore import Restorer  # noqa: E402
 def export_restore(run_dir: Path, name: str) -> None:
     state = torch.load(run_dir / "checkpoint.pt")
     cfg = state["config"]
+    reach = 3 + 4 * cfg["depth"]  # within a 4-pixel cell, then one cell per 3x3 layer
+    if reach >= 32:
+        raise SystemExit(f"the network reaches {reach} pixels; FORMAT.md allows restoration packages < 32")
     model = Restorer(cfg["channels"], cfg["depth"])
     model.load_state_dict(state["model"])
     model.eval()
