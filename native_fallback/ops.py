@@ -39,7 +39,9 @@ def conv(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1, 
     else:
         xp = np.pad(x, ((0, 0), (0, 0), (t, btm), (l, r)))
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-        out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+        n, _, oh, ow = win.shape[:4]
+        cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)  # (c, kh, kw) x pixels
+        out = np.matmul(w.reshape(o, c * kh * kw), cols).reshape(n, o, oh, ow)
     if b is not None:
         out = out + _f32(b)[None, :, None, None]
     return np.ascontiguousarray(out, dtype=np.float32)
