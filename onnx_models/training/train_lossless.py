@@ -147,7 +147,7 @@ def main() -> None:
 
     models = {k: Predictor(train[k][0].shape[1], cfg["hidden"], cfg.get("per_column", False),
                            cfg.get("act_bits", qat.ACT_BITS), cfg.get("hidden_clip", qat.HIDDEN_CLIP),
-                           cfg.get("mean_bits", 1)) for k in train}
+                           cfg.get("mean_bits", 1)) for k in sorted(train)}  # fixed order: the optimiser's
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     step = 0
@@ -156,9 +156,12 @@ def main() -> None:
         state = torch.load(ckpt)
         for k, m in models.items():
             m.load_state_dict(state["models"][k])
-        opt.load_state_dict(state["opt"])
         step = state["step"]
-        print(f"resumed at step {step}", flush=True)
+        if [tuple(p.shape) for p in params] == [tuple(p.shape) for p in state.get("param_shapes", [])]:
+            opt.load_state_dict(state["opt"])
+            print(f"resumed at step {step}", flush=True)
+        else:  # checkpoints from before the order was fixed: Adam restarts its moments
+            print(f"resumed at step {step} with a fresh optimiser state", flush=True)
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
@@ -207,7 +210,8 @@ def main() -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if time.time() - last_ckpt > 180 or step == total:
-            torch.save(dict(models={k: m.state_dict() for k, m in models.items()}, opt=opt.state_dict(), step=step),
+            torch.save(dict(models={k: m.state_dict() for k, m in models.items()}, opt=opt.state_dict(), step=step,
+                            param_shapes=[tuple(p.shape) for p in params]),
                        ckpt)
             last_ckpt = time.time()
     final = dict(step=step, val_bpp_quantised=round(evaluate(True), 4), val_bpp_float=round(evaluate(False), 4))
