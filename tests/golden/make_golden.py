@@ -69,6 +69,9 @@ CASES = {
     # model nic-lossy-2 (c8d1afbfbde8) and nic-restore-jpeg-2 (9cea389a562d)
     "lossy2_rgba_90x70": ("RGBA", 90, 70, dict(lossless=False, quality=1, tile_size=64)),
     "hybrid_restore2_rgb_64x64": ("RGB", 64, 64, dict(lossless=False, quality=35, profile="hybrid")),
+    # model nic-lossless-3 (c5eaa737cf9a)
+    "lossless3_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
+    "lossless3_l_40x23": ("L", 40, 23, dict(lossless=True)),
 }
 
 
