@@ -14,7 +14,6 @@ each downscaled so its longer side is at most 1024 pixels, coded in 256-pixel ti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

@@ -27,6 +27,47 @@ def start_run(description: str) -> tuple[dict, Path, np.random.Generator, object
     return cfg, run_dir, np.random.default_rng(cfg["seed"]), open(run_dir / "log.jsonl", "a")
 
 
+CHECKPOINT_EVERY_S = 180
+
+
+def resume(run_dir: Path, cfg: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+           rng: np.random.Generator, warm_start) -> tuple[int, np.random.Generator]:
+    """(step, rng) to continue with: from the run's own checkpoint when it has one, else
+    step 0 after ``warm_start(model, weights)`` from the model-only checkpoint named by
+    ``init_from`` in the config, if any."""
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+        return step, np.random.default_rng(cfg["seed"] + step)
+    if cfg.get("init_from"):
+        warm_start(model, torch.load(ROOT / cfg["init_from"])["model"])
+        print(f"initialised from {cfg['init_from']}", flush=True)
+    return 0, rng
+
+
+def save_checkpoint(run_dir: Path, cfg: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    step: int) -> None:
+    torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, config=cfg),
+               run_dir / "checkpoint.pt")
+
+
+def log_record(log, rec: dict) -> None:
+    """One JSON line to stdout and to the run's log."""
+    print(json.dumps(rec), flush=True)
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+
+
+def finish(run_dir: Path, cfg: dict, log, final: dict) -> None:
+    """The final record: appended to the log and written, with the config, to final.json."""
+    log.write(json.dumps(final) + "\n")
+    (run_dir / "final.json").write_text(json.dumps(dict(config=cfg, **final), indent=1))
+
+
 def learning_rate(cfg: dict, step: int) -> float:
     """Constant, then linear decay from ``decay_from`` of the run to 1 % at the end."""
     frac = step / cfg["steps"]

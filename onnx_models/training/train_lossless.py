@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
-from run import learning_rate, list_images, start_run  # noqa: E402
+from run import CHECKPOINT_EVERY_S, learning_rate, list_images, log_record, start_run  # noqa: E402
 from pillow_nic import interlace  # noqa: E402
 from pillow_nic.colour import rgb_to_ycocg  # noqa: E402
 from pillow_nic.lossless_model import KINDS, PLANES, model_key  # noqa: E402
@@ -206,10 +206,8 @@ def main() -> None:
                        wall_s=round(time.time() - t_start, 1), steps_per_s=round(step / (time.time() - t_start + 1e-9), 2))
             if step % (cfg["log_every"] * 10) == 0 or step == total:
                 rec["val_bpp"] = round(evaluate(quantised), 4)
-            print(json.dumps(rec), flush=True)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if time.time() - last_ckpt > 180 or step == total:
+            log_record(log, rec)
+        if time.time() - last_ckpt > CHECKPOINT_EVERY_S or step == total:
             torch.save(dict(models={k: m.state_dict() for k, m in models.items()}, opt=opt.state_dict(), step=step,
                             param_shapes=[tuple(p.shape) for p in params]),
                        ckpt)

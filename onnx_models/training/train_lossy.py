@@ -11,7 +11,6 @@ pre-extracted into memory after a random 0.5-1.0 downscale.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -28,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
-from run import learning_rate, list_images, start_run  # noqa: E402
+from run import (CHECKPOINT_EVERY_S, finish, learning_rate, list_images, log_record, resume,  # noqa: E402
+                 save_checkpoint, start_run)
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
 LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
@@ -163,19 +163,7 @@ def main() -> None:
     model = Codec(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     lambdas = torch.tensor(cfg["lambdas"])
-    step = 0
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        rng = np.random.default_rng(cfg["seed"] + step)
-        print(f"resumed at step {step}", flush=True)
-    elif cfg.get("init_from"):
-        # a new run warm-started from an earlier model's weights (a model-only checkpoint)
-        model.load_state_dict(torch.load(ROOT / cfg["init_from"])["model"])
-        print(f"initialised from {cfg['init_from']}", flush=True)
+    step, rng = resume(run_dir, cfg, model, opt, rng, lambda m, w: m.load_state_dict(w))
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
@@ -222,15 +210,11 @@ def main() -> None:
                        quantised=quantised, steps_per_s=round((step - start_step) / (time.time() - t_start), 2))
             if step % cfg["val_every"] == 0:
                 rec["val"] = evaluate()
-            print(json.dumps(rec), flush=True)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if time.time() - last_ckpt > 180 or step == total:
-            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, config=cfg), ckpt)
+            log_record(log, rec)
+        if time.time() - last_ckpt > CHECKPOINT_EVERY_S or step == total:
+            save_checkpoint(run_dir, cfg, model, opt, step)
             last_ckpt = time.time()
-    final = dict(step=step, val=evaluate())
-    log.write(json.dumps(final) + "\n")
-    (run_dir / "final.json").write_text(json.dumps(dict(config=cfg, **final), indent=1))
+    finish(run_dir, cfg, log, dict(step=step, val=evaluate()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ to a residual added to the decoded image.  Data: the lossy run's pre-extracted c
 from __future__ import annotations
 
 import io
-import json
 import math
 import sys
 import time
@@ -29,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import learning_rate, start_run  # noqa: E402
+from run import (CHECKPOINT_EVERY_S, finish, learning_rate, log_record, resume,  # noqa: E402
+                 save_checkpoint, start_run)
 from train_lossy import load_crops  # noqa: E402
 
 
@@ -98,18 +98,7 @@ def main() -> None:
 
     model = Restorer(cfg["channels"], cfg["depth"])
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    step = 0
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        rng = np.random.default_rng(cfg["seed"] + step)
-        print(f"resumed at step {step}", flush=True)
-    elif cfg.get("init_from"):
-        grow_from(model, torch.load(ROOT / cfg["init_from"])["model"])
-        print(f"initialised from {cfg['init_from']}", flush=True)
+    step, rng = resume(run_dir, cfg, model, opt, rng, grow_from)
 
     def to_tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255
@@ -153,15 +142,11 @@ def main() -> None:
                        steps_per_s=round((step - start_step) / (time.time() - t_start), 2))
             if step % cfg["val_every"] == 0:
                 rec["val"] = evaluate()
-            print(json.dumps(rec), flush=True)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if time.time() - last_ckpt > 180 or step == cfg["steps"]:
-            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, config=cfg), ckpt)
+            log_record(log, rec)
+        if time.time() - last_ckpt > CHECKPOINT_EVERY_S or step == cfg["steps"]:
+            save_checkpoint(run_dir, cfg, model, opt, step)
             last_ckpt = time.time()
-    final = dict(step=step, val=evaluate())
-    log.write(json.dumps(final) + "\n")
-    (run_dir / "final.json").write_text(json.dumps(dict(config=cfg, **final), indent=1))
+    finish(run_dir, cfg, log, dict(step=step, val=evaluate()))
 
 
 if __name__ == "__main__":
