@@ -22,7 +22,7 @@ from .container import (CODER_LOSSLESS, CODER_LOSSY, CODER_RAW, CODER_STANDARD, 
                         LOSSY, MODE_LAYERS, QUALITY_CODINGS, STORED, Header, Layer, NicError, Tile)
 
 SUPPORTED_MODES = tuple(MODE_LAYERS)
-DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512, HYBRID: 1024}
+DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512, HYBRID: 1024}  # hybrid: one JPEG header per MP
 PROFILES = ("learned", "hybrid")  # lossy coding: the learned transform codec, or a standard codec + restoration
 SMALL_TILE = 256
 MIN_LOSSLESS_TILES = 4  # enough to keep two cores busy; fixed, so output never depends on the machine
@@ -228,7 +228,7 @@ def decode(source: bytes | BinaryIO | str | os.PathLike, *, runtime: str | None 
 
 def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = None) -> Decoded:
     """Decode pixels and metadata of a file whose header was already read."""
-    from . import models
+    from . import hybrid, lossy, models
 
     meta = container.read_meta(fp, header)
     layer_arrays = []
@@ -241,7 +241,6 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
         boxes = [header.tile_box(ti) for ti in range(len(layer.tiles))]
         learned_lossy = [ti for ti, t in enumerate(layer.tiles) if t.coder == CODER_LOSSY]
         if learned_lossy:
-            from . import lossy
             lossy.decode_layer(model, {ti: payloads[ti] for ti in learned_lossy}, boxes,
                                layer.quality, out, workers())
 
@@ -251,7 +250,6 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
             x0, y0, x1, y1 = boxes[ti]
             tshape = (y1 - y0, x1 - x0) + shape[2:]
             if layer.tiles[ti].coder == CODER_STANDARD:
-                from . import hybrid
                 base_codecs[ti], out[y0:y1, x0:x1] = hybrid.decode_tile(payloads[ti], tshape, ti)
             else:
                 out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
@@ -260,7 +258,6 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
         with ThreadPoolExecutor(workers()) as pool:
             list(pool.map(decode_tile, others))
         if base_codecs:
-            from . import hybrid
             if len(set(base_codecs.values())) > 1:
                 raise NicError(f"layer {li}: tiles use different base codecs")
             hybrid.restore_layer(model, next(iter(base_codecs.values())), out, [boxes[ti] for ti in base_codecs],

@@ -104,6 +104,13 @@ class Header:
         return tx * s, ty * s, min((tx + 1) * s, self.width), min((ty + 1) * s, self.height)
 
 
+def grow_box(box: tuple[int, int, int, int], width: int, height: int, margin: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) grown by ``margin`` on every side, clipped to a width x height image:
+    the context a network sees around a tile or block."""
+    x0, y0, x1, y1 = box
+    return max(0, x0 - margin), max(0, y0 - margin), min(width, x1 + margin), min(height, y1 + margin)
+
+
 def check_dimensions(width: int, height: int) -> None:
     """Reject sizes outside the format or beyond Pillow's decompression-bomb limit."""
     if not (1 <= width < 1 << 32 and 1 <= height < 1 << 32):

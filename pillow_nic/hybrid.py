@@ -18,7 +18,6 @@ from .container import NicError
 JPEG = 1
 #: base codec id -> (Pillow format, restoration package kind)
 BASE_CODECS = {JPEG: ("JPEG", "restore-jpeg")}
-DEFAULT_TILE = 1024  # one JPEG header per megapixel: ~0.005 bpp
 
 
 def base_codec_for(runtime: str | None = None) -> tuple[int, models.ModelPackage]:

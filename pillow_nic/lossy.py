@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import entropy
-from .container import NicError
+from .container import NicError, grow_box
 from .tables import SCALE_BINS
 
 MEAN_BITS = 3
@@ -70,16 +70,10 @@ def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pred[0, :m].astype(np.int64), np.clip(pred[0, m:], 0, SCALE_BINS - 1).astype(np.int64)
 
 
-def _window(box: tuple[int, int, int, int], width: int, height: int, margin: int):
-    """The box grown by ``margin`` on every side that is inside the image."""
-    x0, y0, x1, y1 = box
-    return max(0, x0 - margin), max(0, y0 - margin), min(width, x1 + margin), min(height, y1 + margin)
-
-
 def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray):
     """Latents y and hyper-latents z of one tile, computed with MARGIN pixels of context."""
     h_img, w_img = rgb.shape[:2]
-    wx0, wy0, wx1, wy1 = _window(box, w_img, h_img, MARGIN)
+    wx0, wy0, wx1, wy1 = grow_box(box, w_img, h_img, MARGIN)
     window = rgb[wy0:wy1, wx0:wx1]
     ph, pw = -(-window.shape[0] // ALIGN) * ALIGN, -(-window.shape[1] // ALIGN) * ALIGN
     padded = np.pad(window, ((0, ph - window.shape[0]), (0, pw - window.shape[1]), (0, 0)), mode="edge")

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from . import models
-from .container import NicError
+from .container import NicError, grow_box
 
 BLOCK = 512  # pixels restored per call
 HALO = 32  # context on each side: released networks reach at most 27 pixels (FORMAT.md)
@@ -56,8 +56,7 @@ def restore(pixels: np.ndarray, quality: int, package: models.ModelPackage, work
     def one(origin: tuple[int, int]) -> None:
         y0, x0 = origin
         y1, x1 = min(height, y0 + BLOCK), min(width, x0 + BLOCK)
-        wy0, wx0 = max(0, y0 - HALO), max(0, x0 - HALO)
-        wy1, wx1 = min(height, y1 + HALO), min(width, x1 + HALO)
+        wx0, wy0, wx1, wy1 = grow_box((x0, y0, x1, y1), width, height, HALO)
         window = pixels[wy0:wy1, wx0:wx1]
         ph, pw = -window.shape[0] % 4, -window.shape[1] % 4
         window = np.pad(window, ((0, ph), (0, pw), (0, 0)), mode="edge")
