@@ -1,8 +1,9 @@
 """ONNX operators in NumPy, float32 throughout (as ONNX Runtime computes them).
 
 Integer-exact graphs (the lossless predictor, the lossy entropy model) only do
-integer-valued float32 arithmetic whose sums stay below 2**24, so these
-implementations give the same bits as ONNX Runtime whatever the summation order.
+float32 arithmetic on integers, or on integers times one power of two, whose sums
+stay below 2**24 units, so these implementations give the same bits as ONNX
+Runtime whatever the summation order.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 def matmul(a, b):
     return _f32(a) @ _f32(b)
+
+
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    a, b = _f32(a), _f32(b)
+    y = (a.T if transA else a) @ (b.T if transB else b)
+    if alpha != 1.0:
+        y *= np.float32(alpha)
+    if c is not None:
+        y += _f32(c) if beta == 1.0 else np.float32(beta) * _f32(c)
+    return y
 
 
 def _pads(pads, kh: int, kw: int) -> tuple[int, int, int, int]:
@@ -119,6 +130,7 @@ OPS = {
     "ConvTranspose": conv_transpose,
     "Constant": constant,
     "MatMul": matmul,
+    "Gemm": gemm,
     "Identity": lambda x: x,
     **INPLACE,
 }

@@ -91,11 +91,9 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
 
     pixels = np.asarray(im) if im.mode != "I;16" else np.frombuffer(im.tobytes("raw", "I;16"), "<u2").reshape(
         im.height, im.width)
-    if info.get("tune", "psnr") != "psnr":
-        raise ValueError(f"tune={info['tune']!r} needs a model tuned for it; this release has tune='psnr' only")
     data = codec.encode(pixels, im.mode, lossless=lossless, quality=quality, metadata=_metadata(im, info),
                         tile_size=info.get("tile_size"), target_size=info.get("target_size"),
-                        profile=info.get("profile", "learned"))
+                        profile=info.get("profile", "learned"), tune=info.get("tune", "psnr"))
     fp.write(data)
 
 

@@ -83,7 +83,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             dst = _destination(src, relative, args.output, ".nic", len(files) > 1)
             with Image.open(src) as im:
                 buf = io.BytesIO()
-                im.save(buf, "NIC", lossless=args.lossless, quality=args.quality, profile=args.profile)
+                im.save(buf, "NIC", lossless=args.lossless, quality=args.quality, profile=args.profile,
+                        tune=args.tune)
                 width, height = im.size
             data = buf.getvalue()
             atomic_write(dst, data)
@@ -240,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lossless", action="store_true", help="bit-exact coding")
     c.add_argument("--profile", choices=codec.PROFILES, default="learned",
                    help="lossy coding: the learned codec (default) or hybrid (JPEG + learned restoration)")
+    c.add_argument("--tune", choices=list(codec.TUNES), default="psnr",
+                   help="learned codec trained for PSNR (default) or for MS-SSIM (sharper)")
     c.add_argument("--delete", action="store_true", help="remove each original after it is written")
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_compress)

@@ -24,6 +24,7 @@ from .container import (CODER_LOSSLESS, CODER_LOSSY, CODER_RAW, CODER_STANDARD, 
 SUPPORTED_MODES = tuple(MODE_LAYERS)
 DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512, HYBRID: 1024}  # hybrid: one JPEG header per MP
 PROFILES = ("learned", "hybrid")  # lossy coding: the learned transform codec, or a standard codec + restoration
+TUNES = {"psnr": "lossy", "ssim": "lossy-ssim"}  # the learned profile's model kind per tuning
 SMALL_TILE = 256
 MIN_LOSSLESS_TILES = 4  # enough to keep two cores busy; fixed, so output never depends on the machine
 
@@ -93,23 +94,31 @@ def _stored_candidates(tile: np.ndarray) -> list[tuple[int, bytes]]:
 
 def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int = 90,
            metadata: dict[str, bytes] | None = None, tile_size: int | None = None,
-           runtime: str | None = None, target_size: int | None = None, profile: str = "learned") -> bytes:
+           runtime: str | None = None, target_size: int | None = None, profile: str = "learned",
+           tune: str = "psnr") -> bytes:
     """Encode an image array of Pillow ``mode`` to `.nic` bytes.
 
     ``lossless=True`` guarantees identical pixels on decode; otherwise ``quality``
     (1-100) selects the rate of the lossy ``profile`` (alpha stays lossless): "learned",
     the learned transform codec, or "hybrid", a standard codec restored by a learned
-    network.  ``target_size`` (bytes) asks for the highest quality whose file fits,
-    found by bisection (quality 1 if none fits).  Invalid arguments raise ValueError.
+    network.  ``tune`` picks the learned profile's model: "psnr" (trained on MSE) or
+    "ssim" (trained on MS-SSIM: sharper textures, lower PSNR).  ``target_size`` (bytes)
+    asks for the highest quality whose file fits, found by bisection (quality 1 if none
+    fits).  Invalid arguments raise ValueError.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if tune not in TUNES:
+        raise ValueError(f"unknown tune {tune!r}; choose one of {', '.join(TUNES)}")
+    if tune != "psnr" and profile != "learned":
+        raise ValueError(f"tune={tune!r} applies to the learned profile only")
     if target_size is not None:
         if lossless:
             raise ValueError("target_size applies to lossy coding (lossless=False)")
         if isinstance(target_size, bool) or not isinstance(target_size, (int, np.integer)) or target_size < 1:
             raise ValueError(f"target_size must be a positive number of bytes, got {target_size!r}")
-        kwargs = dict(lossless=False, metadata=metadata, tile_size=tile_size, runtime=runtime, profile=profile)
+        kwargs = dict(lossless=False, metadata=metadata, tile_size=tile_size, runtime=runtime, profile=profile,
+                      tune=tune)
         lo, hi = 1, 100
         best = encode(pixels, mode, quality=1, **kwargs)
         if len(best) > target_size:
@@ -153,9 +162,10 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
                 CODER_STANDARD, hybrid.encode_tile(tile, quality, codec_id)))
         elif coding == LOSSY:
             from . import lossy
-            model = models.default_model("lossy", runtime)
+            model = models.default_model(TUNES[tune], runtime)
             if model is None:
-                raise ValueError("lossy coding needs a lossy model and none is installed; use lossless=True")
+                raise ValueError(f"lossy coding with tune={tune!r} needs a {TUNES[tune]} model and none is "
+                                 "installed" + ("; use lossless=True" if tune == "psnr" else ""))
             coded = [(CODER_LOSSY, d) for d in lossy.encode_layer(model, layer_pixels, boxes, quality, workers())]
         else:
             model = models.default_model("lossless", runtime) if mode not in ("1", "I;16") else None

@@ -12,6 +12,11 @@ At level ``l`` (lattice step ``s = 2**l``) the pixels on the coarse lattice
 and ``(2s*i+s, 2s*j)`` from the 16 nearest known pixels of the now quincunx
 lattice.  Neighbours outside the image are clamped to the nearest existing
 lattice position, on both sides identically.
+
+Schedule 2 splits the edge pass in two: "edge_h" codes ``(2s*i, 2s*j+s)`` with the
+edge pass's context, then "edge_v" codes ``(2s*i+s, 2s*j)`` with, in addition, its
+four diagonal neighbours just coded by edge_h, so a quarter of the pixels see their
+whole 3x3 neighbourhood.  A lossless model package names its schedule.
 """
 
 from __future__ import annotations
@@ -36,14 +41,22 @@ EDGE_OFFSETS = (
 )
 EDGE_NEAREST = (0, 1, 2, 3)
 
+#: Extra neighbours of an edge_v target at (i+.5, j) (edge_v lattice index (i, j)): the
+#: edge_h pixels at (i, j-.5), (i, j+.5), (i+1, j-.5), (i+1, j+.5), as (row, col) offsets
+#: into the edge_h lattice.  They come last in the feature vector.
+EDGE_V_EXTRA = ((0, -1), (0, 0), (1, -1), (1, 0))
+
 NUM_NEIGHBOURS = 16
 #: Per earlier plane: its own residual at the target plus its four nearest neighbours.
 CROSS_FEATURES = 5
 
+#: Pass kinds of each schedule, in coding order within a level.
+SCHEDULES = {1: ("diag", "edge"), 2: ("diag", "edge_h", "edge_v")}
 
-def num_features(plane_index: int) -> int:
-    """Width of the feature vector for plane ``plane_index`` (0 = first coded plane)."""
-    return NUM_NEIGHBOURS + CROSS_FEATURES * plane_index + 1
+
+def num_features(kind: str, plane_index: int) -> int:
+    """Width of the feature vector of a pass kind for plane ``plane_index`` (0 = first coded plane)."""
+    return NUM_NEIGHBOURS + CROSS_FEATURES * plane_index + 1 + (len(EDGE_V_EXTRA) if kind == "edge_v" else 0)
 
 
 def num_levels(height: int, width: int) -> int:
@@ -60,18 +73,18 @@ class Pass:
     """One batched coding step: which pixels it codes, and with which model kind."""
 
     level: int
-    kind: str  # "diag" or "edge"
+    kind: str  # one of SCHEDULES' kinds
 
     @property
     def step(self) -> int:
         return 1 << self.level
 
 
-def passes(height: int, width: int) -> Iterator[Pass]:
+def passes(height: int, width: int, schedule: int = 1) -> Iterator[Pass]:
     """All coding passes after the top lattice, coarse to fine."""
     for level in range(num_levels(height, width) - 1, -1, -1):
-        yield Pass(level, "diag")
-        yield Pass(level, "edge")
+        for kind in SCHEDULES[schedule]:
+            yield Pass(level, kind)
 
 
 def top_lattice(plane: np.ndarray, levels: int) -> np.ndarray:
@@ -93,18 +106,20 @@ def _shifted(arr: np.ndarray, offsets: list[tuple[int, int]], rows: int, cols: i
 
 
 def target_views(plane: np.ndarray, p: Pass) -> list[np.ndarray]:
-    """Writable views of the pixels a pass codes (one for diag, two for edge)."""
+    """Writable views of the pixels a pass codes (two for edge, else one)."""
     s = p.step
-    if p.kind == "diag":
-        return [plane[s::2 * s, s::2 * s]]
-    return [plane[0::2 * s, s::2 * s], plane[s::2 * s, 0::2 * s]]
+    views = {"diag": [plane[s::2 * s, s::2 * s]],
+             "edge_h": [plane[0::2 * s, s::2 * s]],
+             "edge_v": [plane[s::2 * s, 0::2 * s]]}
+    return views[p.kind] if p.kind != "edge" else views["edge_h"] + views["edge_v"]
 
 
 def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[list[np.ndarray]]:
-    """Per target view of the pass: its 16 neighbour arrays, each shaped like the view.
+    """Per target view of the pass: its neighbour arrays, each shaped like the view.
 
-    The second edge view, (2s*i+s, 2s*j), is the first one transposed, so it uses the
-    same offsets with rows and columns swapped."""
+    The vertical edge pixels (2s*i+s, 2s*j) are the horizontal ones transposed, so
+    they use the same offsets with rows and columns swapped; an edge_v pass then adds
+    its EDGE_V_EXTRA neighbours."""
     s = p.step
     coarse = plane[0::2 * s, 0::2 * s]
     if p.kind == "diag":
@@ -113,8 +128,9 @@ def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[list[np.ndarray]]:
     diag = plane[s::2 * s, s::2 * s]
     if diag.size == 0:  # a single row or column of lattice: nothing in between
         diag = coarse
+    swaps = {"edge": (False, True), "edge_h": (False,), "edge_v": (True,)}[p.kind]
     out = []
-    for swap, view in zip((False, True), target_views(plane, p)):
+    for swap, view in zip(swaps, target_views(plane, p)):
         if view.size == 0:
             out.append([])
             continue
@@ -124,6 +140,11 @@ def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[list[np.ndarray]]:
             offsets = [(EDGE_OFFSETS[i][2], EDGE_OFFSETS[i][1]) if swap else EDGE_OFFSETS[i][1:] for i in idx]
             for i, v in zip(idx, _shifted(arr, offsets, *view.shape)):
                 blocks[i] = v
+        if p.kind == "edge_v":
+            horizontal = plane[0::2 * s, s::2 * s]
+            if horizontal.size == 0:  # one lattice column: no horizontal edge pixels
+                horizontal = coarse
+            blocks += _shifted(horizontal, list(EDGE_V_EXTRA), *view.shape)
         out.append(blocks)
     return out
 
@@ -148,7 +169,7 @@ class PassContext:
         for the next plane."""
         blocks = _neighbour_blocks(plane, self.p)
         n = sum(b[0].size for b in blocks if b)
-        width = num_features(len(self._earlier))
+        width = num_features(self.p.kind, len(self._earlier))
         columns = np.empty((width, n), dtype=np.float32)  # built feature by feature, contiguously
         base = np.empty(n, dtype=np.int32)
         start = 0
@@ -159,7 +180,8 @@ class PassContext:
             size = nb[0].size
             b = (nb[nearest[0]] + nb[nearest[1]] + nb[nearest[2]] + nb[nearest[3]]).astype(np.int32) >> 2
             for j, v in enumerate(nb):
-                np.subtract(v, b, out=columns[j, start:start + size].reshape(b.shape), casting="unsafe")
+                row = j if j < NUM_NEIGHBOURS else width - len(EDGE_V_EXTRA) + j - NUM_NEIGHBOURS
+                np.subtract(v, b, out=columns[row, start:start + size].reshape(b.shape), casting="unsafe")
             base[start:start + size] = b.ravel()
             start += size
         col = NUM_NEIGHBOURS

@@ -18,7 +18,7 @@ import numpy as np
 from . import entropy, interlace
 from .colour import rgb_to_ycocg, ycocg_to_rgb
 from .container import NicError
-from .lossless_model import model_key
+from .lossless_model import PLANES, model_key
 from .tables import SCALE_BINS
 
 
@@ -44,12 +44,20 @@ def _plane_specs(n_planes: int) -> tuple[PlaneSpec, ...]:
 
 
 class _Tables:
-    """constriction models for every (row, offset) of a package's two table families.
+    """constriction models for every (row, offset) of a package's two table families,
+    and the package's pass schedule (``interlace.SCHEDULES``; 1 when not named).
 
     The number of offsets per row (a power of two) is the package's mean resolution:
     the network's mean output counts in 1/offsets of a level."""
 
-    def __init__(self, tables: dict[str, np.ndarray]):
+    def __init__(self, tables: dict[str, np.ndarray], graphs: set[str]):
+        self.schedule = int(tables["schedule"]) if "schedule" in tables else 1
+        if self.schedule not in interlace.SCHEDULES:
+            raise NicError(f"lossless model names an unknown pass schedule {self.schedule}")
+        missing = [model_key(kind, plane) for kind in interlace.SCHEDULES[self.schedule]
+                   for plane in range(PLANES) if model_key(kind, plane) not in graphs]
+        if missing:
+            raise NicError(f"lossless model lacks the networks {', '.join(missing)}")
         self.models: dict[int, list] = {}
         self.offsets = tables["family255"].shape[1]
         if self.offsets & (self.offsets - 1) or not 1 <= self.offsets <= 16:
@@ -65,7 +73,7 @@ class _Tables:
 
 @lru_cache(maxsize=8)
 def _tables_for(package) -> _Tables:
-    return _Tables(package.tables)
+    return _Tables(package.tables, set(package.files))
 
 
 # rows per network call: ONNX Runtime is 24 % faster when its buffers stay in cache and on the
@@ -98,7 +106,7 @@ def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables):
     (pass, plane, spec, centres, table indices).  The caller must have the pass's values
     in ``plane`` when it resumes the generator, which then records them for later planes."""
     h, w = planes[0].shape
-    for p in interlace.passes(h, w):
+    for p in interlace.passes(h, w, tables.schedule):
         ctx = interlace.PassContext(p)
         for plane, spec in zip(planes, specs):
             feats, base = ctx.features(plane)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-KINDS = ("diag", "edge")
 PLANES = 3  # Y, Co, Cg; grey and alpha planes use the plane-0 networks
 
 

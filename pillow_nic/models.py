@@ -101,7 +101,7 @@ def model_for(layer: Layer, runtime: str | None = None) -> ModelPackage:
 
 
 def default_model(kind: str, runtime: str | None = None) -> ModelPackage | None:
-    """The newest released package of a kind ("lossless" or "lossy"), if any."""
+    """The newest released package of a kind ("lossless", "lossy", "lossy-ssim", ...), if any."""
     entries = [e for e in _manifest() if e["kind"] == kind and e.get("default", True)]
     if not entries:
         return None

@@ -28,15 +28,38 @@ def test_ycocg_is_reversible_on_the_whole_cube():
     assert np.array_equal(ycocg_to_rgb(*rgb_to_ycocg(rgb)), rgb)
 
 
-def test_interlace_passes_cover_every_pixel_once():
-    for h, w in [(1, 1), (1, 9), (13, 1), (17, 33), (64, 64), (100, 37)]:
+SIZES = [(1, 1), (1, 9), (13, 1), (2, 3), (17, 33), (64, 64), (100, 37)]
+
+
+@pytest.mark.parametrize("schedule", sorted(interlace.SCHEDULES))
+def test_interlace_passes_cover_every_pixel_once(schedule):
+    for h, w in SIZES:
         seen = np.zeros((h, w), int)
         levels = interlace.num_levels(h, w)
         seen[::1 << levels, ::1 << levels] += 1
-        for p in interlace.passes(h, w):
+        for p in interlace.passes(h, w, schedule):
             for view in interlace.target_views(seen, p):
                 view += 1
         assert (seen == 1).all(), (h, w)
+
+
+@pytest.mark.parametrize("schedule", sorted(interlace.SCHEDULES))
+def test_contexts_see_only_coded_pixels(schedule):
+    """Features of every pass are unchanged when the pixels not yet coded change."""
+    rng = np.random.default_rng(schedule)
+    for h, w in SIZES:
+        plane = rng.integers(0, 256, (h, w)).astype(np.int32)
+        known = np.zeros((h, w), bool)
+        levels = interlace.num_levels(h, w)
+        known[::1 << levels, ::1 << levels] = True
+        for p in interlace.passes(h, w, schedule):
+            scrambled = np.where(known, plane, rng.integers(0, 256, (h, w))).astype(np.int32)
+            expected, base = interlace.PassContext(p).features(plane)
+            got, got_base = interlace.PassContext(p).features(scrambled)
+            assert expected.shape[1] == interlace.num_features(p.kind, 0)
+            assert np.array_equal(expected, got) and np.array_equal(base, got_base), (h, w, p)
+            for view in interlace.target_views(known, p):
+                view[...] = True
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -110,3 +133,13 @@ def test_kodak_image_round_trip_is_exact():
     data = pillow_nic.encode(arr, "RGB", lossless=True)
     assert np.array_equal(pillow_nic.decode(io.BytesIO(data)).pixels, arr)
     assert 8 * len(data) / (arr.shape[0] * arr.shape[1]) < 12.0
+
+
+def test_package_schedule_and_networks_are_validated():
+    package = models.default_model("lossless")
+    tables = dict(package.tables)
+    with pytest.raises(container.NicError, match="unknown pass schedule 9"):
+        lossless._Tables(dict(tables, schedule=np.array(9)), set(package.files))
+    schedule_1_networks = {f"{kind}{plane}" for kind in ("diag", "edge") for plane in range(3)}
+    with pytest.raises(container.NicError, match="lacks the networks edge_h0"):
+        lossless._Tables(dict(tables, schedule=np.array(2)), schedule_1_networks)

@@ -125,8 +125,25 @@ def test_target_size_is_met_with_the_highest_fitting_quality(crop):
     assert len(buf.getvalue()) <= target
     with pytest.raises(ValueError):
         pillow_nic.encode(crop, "RGB", lossless=True, target_size=1000)
-    with pytest.raises(ValueError, match="tune"):
-        Image.fromarray(crop).save(io.BytesIO(), "NIC", quality=50, tune="ssim")
+
+
+def test_tune_selects_the_model_trained_for_it(crop):
+    with pytest.raises(ValueError, match="unknown tune"):
+        Image.fromarray(crop).save(io.BytesIO(), "NIC", quality=50, tune="butteraugli")
+    with pytest.raises(ValueError, match="learned profile only"):
+        pillow_nic.encode(crop, "RGB", quality=50, profile="hybrid", tune="ssim")
+    ssim_model = models.default_model("lossy-ssim")
+    if ssim_model is None:
+        pytest.skip("no lossy-ssim model released")
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, "NIC", quality=50, tune="ssim")
+    layer = pillow_nic.read_info(buf.getvalue()).layers[0]
+    assert layer.model_hash == ssim_model.hash
+    psnr_layer = pillow_nic.read_info(pillow_nic.encode(crop, "RGB", quality=50)).layers[0]
+    assert psnr_layer.model_hash == models.default_model("lossy").hash
+    with Image.open(buf) as im:
+        out = np.asarray(im.convert("RGB"))
+    assert metrics.ms_ssim(crop, out) > 0.9
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (7, 9), (8, 48), (32, 48), (33, 49), (100, 250)])

@@ -24,33 +24,37 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pillow_nic import intnet, models, tables  # noqa: E402
-from pillow_nic.lossless_model import KINDS, PLANES, model_key  # noqa: E402
+from pillow_nic import interlace, intnet, models, tables  # noqa: E402
+from pillow_nic.lossless_model import PLANES, model_key  # noqa: E402
 
 OPSET = 17
 
 
 def intnet_graph(layers: list[intnet.IntLayer], n_in: int, name: str) -> onnx.ModelProto:
-    """ONNX graph of an integer-exact MLP: MatMul, Add, Mul (2**-shift), Floor, Clip."""
+    """ONNX graph of an integer-exact MLP, one Gemm, Clip and Floor per layer.
+
+    The division by 2**shift is folded into the Gemm's weights and bias: scaling by a
+    power of two is exact, and every partial sum, a multiple of 2**-shift below
+    2**(24-shift), is still exactly representable, so the Gemm computes ``z / 2**shift``
+    exactly in any summation order.  Clipping before flooring equals clipping after it
+    (the caps are integers), and ONNX Runtime fuses a Gemm with its Clip: 1.7x faster
+    than MatMul, Add, Mul, Floor, Clip on this machine."""
     nodes, inits = [], []
     h = "features"
     for i, layer in enumerate(layers):
-        w, b = f"w{i}", f"b{i}"
-        s = f"s{i}"
-        inits += [numpy_helper.from_array(layer.weight.astype(np.float32), w),
-                  numpy_helper.from_array(layer.bias.astype(np.float32), b),
-                  numpy_helper.from_array((2.0 ** -np.asarray(layer.shift, np.float64)).astype(np.float32), s)]
-        nodes += [helper.make_node("MatMul", [h, w], [f"mm{i}"]),
-                  helper.make_node("Add", [f"mm{i}", b], [f"z{i}"]),
-                  helper.make_node("Mul", [f"z{i}", s], [f"sc{i}"]),
-                  helper.make_node("Floor", [f"sc{i}"], [f"fl{i}"])]
-        h = f"fl{i}"
+        scale = 2.0 ** -np.asarray(layer.shift, np.float64)
+        inits += [numpy_helper.from_array((layer.weight * scale).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array((layer.bias * scale).astype(np.float32), f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"z{i}"]))
+        h = f"z{i}"
         if layer.clip_max is not None:
             lo, hi = f"lo{i}", f"hi{i}"
             inits += [numpy_helper.from_array(np.array(0, np.float32), lo),
                       numpy_helper.from_array(np.array(layer.clip_max, np.float32), hi)]
-            nodes.append(helper.make_node("Clip", [h, lo, hi], [f"a{i}"]))
-            h = f"a{i}"
+            nodes.append(helper.make_node("Clip", [h, lo, hi], [f"c{i}"]))
+            h = f"c{i}"
+        nodes.append(helper.make_node("Floor", [h], [f"a{i}"]))
+        h = f"a{i}"
     nodes.append(helper.make_node("Identity", [h], ["pred"]))
     graph = helper.make_graph(
         nodes, name,
@@ -108,7 +112,8 @@ def export_lossless(run_dir: Path, name: str) -> None:
     final = json.loads((run_dir / "final.json").read_text())
     tmp = Path(tempfile.mkdtemp())
     files = {}
-    for kind in KINDS:
+    schedule = final["config"].get("schedule", 1)
+    for kind in interlace.SCHEDULES[schedule]:
         for plane in range(PLANES):
             key = model_key(kind, plane)
             layers = nets[key]
@@ -118,6 +123,8 @@ def export_lossless(run_dir: Path, name: str) -> None:
             files[key] = path
     offsets = 2 ** final["config"].get("mean_bits", 1)
     fam = {f"family{r}": tables.build_family(r, offsets, "logistic").astype(np.int32) for r in (255, 510)}
+    if schedule != 1:
+        fam["schedule"] = np.array(schedule, np.int64)
     np.savez_compressed(tmp / "tables.npz", **fam)
     files["tables"] = tmp / "tables.npz"
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]

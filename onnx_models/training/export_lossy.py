@@ -129,4 +129,4 @@ def export_lossy(run_dir: Path, name: str) -> None:
                   summary=dict(steps=state["step"], val=[r for r in log if "val" in r][-1]["val"]))
     files = {role: tmp / f"{role}.onnx" for role in ("encoder", "decoder", "hyper")}
     files["tables"] = tmp / "tables.npz"
-    release("lossy", name, files, record)
+    release("lossy-ssim" if cfg.get("distortion") == "msssim" else "lossy", name, files, record)

@@ -30,14 +30,15 @@ import qat  # noqa: E402
 from run import CHECKPOINT_EVERY_S, learning_rate, list_images, log_record, start_run  # noqa: E402
 from pillow_nic import interlace  # noqa: E402
 from pillow_nic.colour import rgb_to_ycocg  # noqa: E402
-from pillow_nic.lossless_model import KINDS, PLANES, model_key  # noqa: E402
+from pillow_nic.lossless_model import PLANES, model_key  # noqa: E402
 
 INPUT_SCALE = 1 / 64   # float-phase reparametrisation of the first layer
 
 
-def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator) -> dict:
+def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator, schedule: int) -> dict:
     """Per model key: (features int16 (n, F), residual targets int16 (n,))."""
-    pools: dict[str, tuple[list, list]] = {model_key(k, c): ([], []) for k in KINDS for c in range(PLANES)}
+    pools: dict[str, tuple[list, list]] = {model_key(k, c): ([], []) for k in interlace.SCHEDULES[schedule]
+                                           for c in range(PLANES)}
     for path in files:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -49,7 +50,7 @@ def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator)
             x0 = rng.integers(0, max(1, arr.shape[1] - crop + 1))
             planes = rgb_to_ycocg(arr[y0:y0 + crop, x0:x0 + crop])
             h, w = planes[0].shape
-            for p in interlace.passes(h, w):
+            for p in interlace.passes(h, w, schedule):
                 ctx = interlace.PassContext(p)
                 sel = None
                 for c, plane in enumerate(planes):
@@ -98,6 +99,20 @@ class Predictor(torch.nn.Module):
         return qat.output_quantise(h[:, 0], h[:, 1], self.mean_bits, quantised)
 
 
+def grow_into(model: Predictor, state: dict) -> None:
+    """Load a narrower trained predictor into ``model`` so it computes the same function:
+    the old units keep their weights, new units get random input weights and zero
+    weights into the old units and the output, and new inputs (appended features) get
+    zero weights, so training resumes from where it was."""
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            w, b = state[f"layers.{i}.weight"], state[f"layers.{i}.bias"]
+            out_old, in_old = w.shape
+            layer.weight[:out_old, :in_old] = w
+            layer.weight[:out_old, in_old:] = 0  # the new units below feed no old unit yet
+            layer.bias[:out_old] = b
+
+
 def logistic_bits(target: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """-log2 P(target) under a discretised logistic (unit bins)."""
     inv = torch.exp(-log_scale)
@@ -138,8 +153,9 @@ def main() -> None:
         val = {k[4:]: v for k, v in train.items() if k.startswith("val:")}
         train = {k: v for k, v in train.items() if not k.startswith("val:")}
     else:
-        train = extract(train_files, cfg["crop"], cfg["keep"], rng)
-        val = extract(val_files, cfg["crop"], cfg["keep"], rng)
+        schedule = cfg.get("schedule", 1)
+        train = extract(train_files, cfg["crop"], cfg["keep"], rng, schedule)
+        val = extract(val_files, cfg["crop"], cfg["keep"], rng, schedule)
         np.savez(cache, **{f"{k}/f": v[0] for k, v in train.items()}, **{f"{k}/t": v[1] for k, v in train.items()},
                  **{f"val:{k}/f": v[0] for k, v in val.items()}, **{f"val:{k}/t": v[1] for k, v in val.items()})
     print(f"data: {len(train_files)} train / {len(val_files)} val images, "
@@ -152,6 +168,13 @@ def main() -> None:
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     step = 0
     ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.exists() and cfg.get("init_from"):
+        state = torch.load(ROOT / cfg["init_from"])
+        old_kind = cfg.get("init_map", {})  # new pass kind -> the kind whose networks it starts from
+        for k, m in models.items():
+            kind, plane = k[:-1], k[-1]
+            grow_into(m, state["models"][old_kind.get(kind, kind) + plane])
+        print(f"initialised from {cfg['init_from']}", flush=True)
     if ckpt.exists():
         state = torch.load(ckpt)
         for k, m in models.items():

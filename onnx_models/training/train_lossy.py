@@ -31,6 +31,7 @@ from run import (CHECKPOINT_EVERY_S, finish, learning_rate, list_images, log_rec
                  save_checkpoint, start_run)
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
 
 
@@ -48,6 +49,21 @@ class GDN(nn.Module):
         return x * norm if self.inverse else x / norm
 
 
+class ResBlock(nn.Module):
+    """x + conv(relu(conv(x))): encoder capacity that costs the decoder nothing."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+ANALYSIS_LAST = 6  # index of the analysis' final convolution when it has no residual blocks
+
+
 class Codec(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
@@ -59,6 +75,7 @@ class Codec(nn.Module):
             nn.Conv2d(3, n1, 5, 2, 2), GDN(n1),
             nn.Conv2d(n1, n2, 3, 2, 1), GDN(n2),
             nn.Conv2d(n2, n3, 3, 2, 1), GDN(n3),
+            *[ResBlock(n3) for _ in range(cfg.get("enc_blocks", 0))],  # at 1/8 resolution
             nn.Conv2d(n3, m, 3, 2, 1),
         )
         self.synthesis = nn.Sequential(
@@ -120,11 +137,71 @@ class Codec(nn.Module):
         return x_hat, bits_y, bits_z
 
 
+def grow_encoder(model: Codec, state: dict) -> None:
+    """Warm start from a codec with fewer encoder residual blocks: its weights, and new
+    blocks whose last convolution is zero, so training resumes from the same function."""
+    blocks = sum(isinstance(layer, ResBlock) for layer in model.analysis)
+    old_last = max(int(k.split(".")[1]) for k in state if k.startswith("analysis."))
+    shift = ANALYSIS_LAST + blocks - old_last
+    own = model.state_dict()
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "analysis" and int(parts[1]) == old_last:
+            parts[1] = str(old_last + shift)
+        own[".".join(parts)] = value
+    model.load_state_dict(own)
+    with torch.no_grad():
+        for layer in model.analysis[old_last:old_last + shift]:
+            layer.conv2.weight.zero_()
+            layer.conv2.bias.zero_()
+
+
 def gauss_bits(v: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """-log2 of the probability of the unit bin around v under N(0, exp(log_scale))."""
     s = torch.exp(log_scale) * math.sqrt(2.0)
     p = 0.5 * (torch.erf((v + 0.5) / s) - torch.erf((v - 0.5) / s))
     return -torch.log2(torch.clamp(p, min=1e-9))
+
+
+def _blur(x: torch.Tensor, sigma: float = 1.5, size: int = 11) -> torch.Tensor:
+    """'valid' separable Gaussian per channel, as pillow_nic.metrics does it."""
+    t = torch.arange(size, dtype=x.dtype) - size // 2
+    k = torch.exp(-(t ** 2) / (2 * sigma ** 2))
+    k = k / k.sum()
+    ch = x.shape[1]
+    x = F.conv2d(x, k.view(1, 1, size, 1).repeat(ch, 1, 1, 1), groups=ch)
+    return F.conv2d(x, k.view(1, 1, 1, size).repeat(ch, 1, 1, 1), groups=ch)
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image MS-SSIM of (N, 3, H, W) images in [0, 1], the definition of
+    pillow_nic.metrics.ms_ssim (scales while the image keeps >= 11 pixels)."""
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    scales = 1
+    while scales < 5 and min(a.shape[2:]) >> scales >= 11:
+        scales += 1
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales])
+    weights = weights / weights.sum()
+    value = torch.ones(a.shape[0])
+    for s in range(scales):
+        mu_a, mu_b = _blur(a), _blur(b)
+        va, vb = _blur(a * a) - mu_a ** 2, _blur(b * b) - mu_b ** 2
+        cov = _blur(a * b) - mu_a * mu_b
+        cs = ((2 * cov + c2) / (va + vb + c2))
+        if s == scales - 1:
+            lum = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+            value = value * torch.clamp((lum * cs).mean(dim=(1, 2, 3)), min=1e-6) ** weights[s]
+        else:
+            value = value * torch.clamp(cs.mean(dim=(1, 2, 3)), min=1e-6) ** weights[s]
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    return value
+
+
+def distortion(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per image: 255² MSE ("mse") or 1 - MS-SSIM ("msssim"), weighted by λ in the loss."""
+    if kind == "msssim":
+        return 1 - ms_ssim(x_hat, x)
+    return 255 ** 2 * ((x_hat - x) ** 2).flatten(1).mean(1)
 
 
 def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +240,7 @@ def main() -> None:
     model = Codec(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     lambdas = torch.tensor(cfg["lambdas"])
-    step, rng = resume(run_dir, cfg, model, opt, rng, lambda m, w: m.load_state_dict(w))
+    step, rng = resume(run_dir, cfg, model, opt, rng, grow_encoder)
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
@@ -178,7 +255,8 @@ def main() -> None:
                 x_hat, by, bz = model(x, level, step >= qat_from)
                 mse = F.mse_loss(x_hat.clamp(0, 1), x).item()
                 bpp = (by.sum() + bz.sum()).item() / (len(x) * x.shape[2] * x.shape[3])
-                out.append(dict(level=lv, bpp=round(bpp, 4), psnr=round(10 * math.log10(1 / mse), 3)))
+                out.append(dict(level=lv, bpp=round(bpp, 4), psnr=round(10 * math.log10(1 / mse), 3),
+                                msssim=round(ms_ssim(x_hat.clamp(0, 1), x).mean().item(), 4)))
         model.train()
         return out
 
@@ -198,8 +276,7 @@ def main() -> None:
         x_hat, by, bz = model(x, level, quantised)
         pixels = x.shape[2] * x.shape[3]
         bpp = (by.flatten(1).sum(1) + bz.flatten(1).sum(1)) / pixels
-        mse = ((x_hat - x) ** 2).flatten(1).mean(1)
-        loss = (lambdas[level] * 255 ** 2 * mse + bpp).mean()
+        loss = (lambdas[level] * distortion(x_hat, x, cfg.get("distortion", "mse")) + bpp).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,57 @@
+"""The integer-exact MLP contract: the exported ONNX graph (weights pre-scaled by
+2**-shift, Gemm + Clip + Floor) gives exactly the reference arithmetic of
+``pillow_nic.intnet`` on ONNX Runtime and on the NumPy runtime, even for inputs that
+drive every sum to the edge of the exact range."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from native_fallback import NumpySession
+from pillow_nic import intnet
+
+ROOT = Path(__file__).resolve().parents[1]
+INPUT_BOUND = 510
+
+
+def random_layers(rng: np.random.Generator, sizes: list[int]) -> list[intnet.IntLayer]:
+    """Integer layers whose worst-case sums come close to 2**24 (per-column shifts)."""
+    layers = []
+    bound = INPUT_BOUND
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        weight = rng.integers(-127, 128, (a, b)).astype(np.float32)
+        # scale the columns so that the worst case reaches ~90 % of the exact limit
+        worst = np.abs(weight).sum(axis=0) * bound
+        weight = np.round(weight * np.minimum(1.0, 0.9 * intnet.EXACT_LIMIT / worst / 2)).astype(np.float32)
+        bias = rng.integers(-1000, 1000, b).astype(np.float32)
+        shift = rng.integers(0, 12, b)
+        layers.append(intnet.IntLayer(weight, bias, shift, None if last else 2047))
+        bound = 2047
+    intnet.check_exact(layers, INPUT_BOUND)
+    return layers
+
+
+def test_exported_graph_is_exact_on_both_runtimes(tmp_path):
+    pytest.importorskip("onnx")
+    sys.path.insert(0, str(ROOT / "onnx_models" / "training"))
+    from export import intnet_graph
+
+    import onnx
+
+    rng = np.random.default_rng(7)
+    layers = random_layers(rng, [27, 32, 32, 2])
+    path = tmp_path / "net.onnx"
+    onnx.save(intnet_graph(layers, 27, "net"), path)
+    x = np.concatenate([rng.integers(-INPUT_BOUND, INPUT_BOUND + 1, (4000, 27)),
+                        np.full((1, 27), INPUT_BOUND), np.full((1, 27), -INPUT_BOUND),
+                        np.sign(layers[0].weight.T) * INPUT_BOUND]).astype(np.float32)
+    expected = intnet.run_numpy(layers, x)
+    assert np.array_equal(NumpySession(path).run(["pred"], {"features": x})[0], expected)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(["pred"], {"features": x})[0], expected)
