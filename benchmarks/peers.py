@@ -46,11 +46,12 @@ def _pil_codec(fmt: str, **fixed) -> tuple[Callable, Callable]:
     return enc, dec
 
 
-def _nic_lossy() -> Codec:
+def _nic_lossy(tune: str = "psnr") -> Codec:
     def enc(rgb, q):
-        return pillow_nic.encode(rgb, "RGB", lossless=False, quality=q)
+        return pillow_nic.encode(rgb, "RGB", lossless=False, quality=q, tune=tune)
 
-    return Codec("nic", enc, lambda d: pillow_nic.decode(d).pixels, (5, 15, 30, 45, 60, 75, 90))
+    return Codec("nic" if tune == "psnr" else f"nic-{tune}", enc, lambda d: pillow_nic.decode(d).pixels,
+                 (5, 15, 30, 45, 60, 75, 90, 100))
 
 
 def _nic_lossless() -> Codec:
@@ -86,6 +87,8 @@ def lossy_codecs() -> list[Codec]:
     out = []
     if models.default_model("lossy") is not None:
         out.append(_nic_lossy())
+    if models.default_model("lossy-ssim") is not None:
+        out.append(_nic_lossy("ssim"))
     out.append(Codec("jpeg", *_pil_codec("JPEG", subsampling="4:2:0", optimize=True), JPEG_SETTINGS))
     if models.default_model("restore-jpeg") is not None:
         out += [_nic_hybrid(), _jpeg_enhanced()]

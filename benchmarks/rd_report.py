@@ -177,14 +177,14 @@ def markdown(points: list[dict], lossless: list[dict]) -> str:
         lines += [f"| {p['codec']} | {p['setting']} | {p['bpp']:.3f} | {p['psnr']:.2f} | {p['msssim']:.4f} | "
                   f"{p['enc_mps']:.2f} | {p['dec_mps']:.1f} |" for p in points]
         c = curves(points)
-        if "nic" in c:
-            lines += ["", f"BD-rate of nic over {BD_RANGE[0]}-{BD_RANGE[1]} bpp (negative = nic smaller):", "",
+        for own in (name for name in ("nic", "nic-ssim") if name in c):
+            lines += ["", f"BD-rate of {own} over {BD_RANGE[0]}-{BD_RANGE[1]} bpp (negative = {own} smaller):", "",
                       "| against | BD-rate (PSNR) | BD-rate (MS-SSIM) |", "|---|---|---|"]
             for name, other in c.items():
-                if name == "nic":
+                if name == own:
                     continue
-                bp = bd_rate(c["nic"]["bpp"], c["nic"]["psnr"], other["bpp"], other["psnr"])
-                bm = bd_rate(c["nic"]["bpp"], c["nic"]["msssim"], other["bpp"], other["msssim"])
+                bp = bd_rate(c[own]["bpp"], c[own]["psnr"], other["bpp"], other["psnr"])
+                bm = bd_rate(c[own]["bpp"], c[own]["msssim"], other["bpp"], other["msssim"])
                 fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"  # noqa: E731
                 lines.append(f"| {name} | {fmt(bp)} | {fmt(bm)} |")
     restorers = {p["codec"]: p["base"] for p in points if p.get("base")}

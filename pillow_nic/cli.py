@@ -209,6 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = [("lossless", dict(lossless=True))]
     if models.default_model("lossy") is not None:
         settings += [(f"quality {q}", dict(lossless=False, quality=q)) for q in (30, 60, 90)]
+    if models.default_model("lossy-ssim") is not None:
+        settings.append(("q 60 ssim", dict(lossless=False, quality=60, tune="ssim")))
     if models.default_model("restore-jpeg") is not None:
         settings.append(("hybrid q 30", dict(lossless=False, quality=30, profile="hybrid")))
     out_dir = Path(args.output or tempfile.mkdtemp(prefix="nic-demo-"))

@@ -131,7 +131,7 @@ def test_tune_selects_the_model_trained_for_it(crop):
     with pytest.raises(ValueError, match="unknown tune"):
         Image.fromarray(crop).save(io.BytesIO(), "NIC", quality=50, tune="butteraugli")
     with pytest.raises(ValueError, match="learned profile only"):
-        pillow_nic.encode(crop, "RGB", quality=50, profile="hybrid", tune="ssim")
+        pillow_nic.encode(crop, "RGB", lossless=False, quality=50, profile="hybrid", tune="ssim")
     ssim_model = models.default_model("lossy-ssim")
     if ssim_model is None:
         pytest.skip("no lossy-ssim model released")
@@ -139,7 +139,7 @@ def test_tune_selects_the_model_trained_for_it(crop):
     Image.fromarray(crop).save(buf, "NIC", quality=50, tune="ssim")
     layer = pillow_nic.read_info(buf.getvalue()).layers[0]
     assert layer.model_hash == ssim_model.hash
-    psnr_layer = pillow_nic.read_info(pillow_nic.encode(crop, "RGB", quality=50)).layers[0]
+    psnr_layer = pillow_nic.read_info(pillow_nic.encode(crop, "RGB", lossless=False, quality=50)).layers[0]
     assert psnr_layer.model_hash == models.default_model("lossy").hash
     with Image.open(buf) as im:
         out = np.asarray(im.convert("RGB"))

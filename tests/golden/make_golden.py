@@ -72,6 +72,11 @@ CASES = {
     # model nic-lossless-3 (c5eaa737cf9a)
     "lossless3_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
     "lossless3_l_40x23": ("L", 40, 23, dict(lossless=True)),
+    # session 3: lossless schedule 2 (split edge pass), lossy with a deeper encoder, tune="ssim"
+    "lossless4_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
+    "lossless4_la_41x30": ("LA", 41, 30, dict(lossless=True)),
+    "lossy3_rgb_100x130": ("RGB", 100, 130, dict(lossless=False, quality=50, tile_size=64)),
+    "lossyssim1_rgb_70x64": ("RGB", 70, 64, dict(lossless=False, quality=60, tune="ssim")),
 }
 
 
