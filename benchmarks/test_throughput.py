@@ -19,7 +19,7 @@ import pytest
 
 import peers
 
-MID_SETTING = {"nic": 60, "jpeg": 35, "jpeg+enhance": 35, "nic-hybrid": 35, "webp": 30, "avif": 50, "jpegxl": 40}
+MID_SETTING = {"nic": 60, "nic-ssim": 60, "jpeg": 35, "jpeg+enhance": 35, "nic-hybrid": 35, "webp": 30, "avif": 50, "jpegxl": 40}
 LOSSY = {c.name: c for c in peers.lossy_codecs()}
 LOSSLESS = {c.name: c for c in peers.lossless_codecs(include_slow=False)}
 
