@@ -141,7 +141,7 @@ def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[list[np.ndarray]]:
             for i, v in zip(idx, _shifted(arr, offsets, *view.shape)):
                 blocks[i] = v
         if p.kind == "edge_v":
-            horizontal = plane[0::2 * s, s::2 * s]
+            (horizontal,) = target_views(plane, Pass(p.level, "edge_h"))
             if horizontal.size == 0:  # one lattice column: no horizontal edge pixels
                 horizontal = coarse
             blocks += _shifted(horizontal, list(EDGE_V_EXTRA), *view.shape)

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qat  # noqa: E402
 from run import (CHECKPOINT_EVERY_S, finish, learning_rate, list_images, log_record, resume,  # noqa: E402
                  save_checkpoint, start_run)
+from pillow_nic.metrics import MS_SSIM_WEIGHTS  # noqa: E402
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
 
 
