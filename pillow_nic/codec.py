@@ -18,8 +18,9 @@ import numpy as np
 import zstandard
 
 from . import container
-from .container import (CODER_LOSSLESS, CODER_LOSSY, CODER_RAW, CODER_STANDARD, CODER_ZSTD, HYBRID, LOSSLESS,
-                        LOSSY, MODE_LAYERS, QUALITY_CODINGS, STORED, Header, Layer, NicError, Tile)
+from .container import (CODER_LOSSLESS_CALIBRATED, CODER_LOSSY, CODER_RAW, CODER_STANDARD, CODER_ZSTD, HYBRID,
+                        LEARNED_LOSSLESS, LOSSLESS, LOSSY, MODE_LAYERS, QUALITY_CODINGS, STORED, Header, Layer,
+                        NicError, Tile)
 
 SUPPORTED_MODES = tuple(MODE_LAYERS)
 DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512, HYBRID: 1024}  # hybrid: one JPEG header per MP
@@ -172,7 +173,7 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
             if model is None:
                 coding = STORED
             coded = _code_tiles(layer_pixels, boxes, _lossless_coder(model) if model else None)
-            if coding == LOSSLESS and all(c != CODER_LOSSLESS for c, _ in coded):
+            if coding == LOSSLESS and all(c not in LEARNED_LOSSLESS for c, _ in coded):
                 coding, model = STORED, None  # no tile needed the model: do not depend on it
         layer = Layer(planes, coding, quality if coding in QUALITY_CODINGS else 0,
                       model.name if model else "", model.hash if model else bytes(32),
@@ -186,7 +187,7 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
 
 def _lossless_coder(model):
     from . import lossless
-    return lambda tile: (CODER_LOSSLESS, lossless.encode_tile(model, tile))
+    return lambda tile: (CODER_LOSSLESS_CALIBRATED, lossless.encode_tile(model, tile, calibrated=True))
 
 
 def _code_tiles(pixels: np.ndarray, boxes: list, coder) -> list[tuple[int, bytes]]:
@@ -294,4 +295,4 @@ def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtyp
             raise NicError(f"tile {index}: {len(data)} sample bytes, expected {nbytes}")
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     from . import lossless
-    return lossless.decode_tile(model, data, shape, index)
+    return lossless.decode_tile(model, data, shape, index, calibrated=coder == CODER_LOSSLESS_CALIBRATED)

@@ -1,16 +1,20 @@
-"""Coder 2: learned lossless coding of one tile (FORMAT.md, "Coder 2").
+"""Coders 2 and 5: learned lossless coding of one tile (FORMAT.md, "Coder 2", "Coder 5").
 
 The tile's planes are visited in interlaced order (``interlace``); for each pass
 and plane the model's integer-exact network predicts, for every pixel of the
 pass at once, a centre and a row of the probability-table family; the residuals
 are then rANS coded with constriction, grouped by table so that each group is a
-single vectorised coder call.
+single vectorised coder call.  Coder 5 adds a calibration per pass and plane: the
+encoder picks the affine remapping of the predicted scale rows that codes that
+pass's residuals in the fewest bits and sends its index first, so a tile whose
+noise the network over- or underestimates (film grain, sensor noise) is still
+coded under well-fitting tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import constriction
 import numpy as np
@@ -19,7 +23,7 @@ from . import entropy, interlace
 from .colour import rgb_to_ycocg, ycocg_to_rgb
 from .container import NicError
 from .lossless_model import PLANES, model_key
-from .tables import SCALE_BINS
+from .tables import PRECISION, SCALE_BINS
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,13 @@ class _Tables:
                 raise NicError(f"model tables family{radius} have shape {family.shape}")
             self.models[radius] = entropy.categorical_models(family)
         self.uniform = {255: constriction.stream.model.Uniform(256), 510: constriction.stream.model.Uniform(511)}
+        self.families = {radius: tables[f"family{radius}"] for radius in (255, 510)}
+
+    @cached_property
+    def costs(self) -> dict[int, np.ndarray]:
+        """Per radius, (tables, symbols) code lengths in bits, for the encoder's calibration search."""
+        return {radius: PRECISION - np.log2(family.reshape(-1, family.shape[-1]).astype(np.float64))
+                for radius, family in self.families.items()}
 
 
 @lru_cache(maxsize=8)
@@ -97,6 +108,45 @@ def _centres_and_tables(base: np.ndarray, mean_q: np.ndarray, row: np.ndarray, s
     return centre, row * tables.offsets + (mean_q & (tables.offsets - 1))
 
 
+# Coder 5's calibrations: index i = (shift + 8) * 5 + (slope + 2) maps a predicted row r to
+# clamp(r + shift + ((slope * (r - 32) + 4) >> 3), 0, 63): a shift of the log-scale and a
+# stretch about the middle row in eighths (FORMAT.md, "Coder 5").
+CALIBRATION_SHIFTS = range(-8, 9)
+CALIBRATION_SLOPES = range(-2, 3)
+CALIBRATION_PIVOT = 32
+CALIBRATED_ROWS = np.array([
+    np.clip(np.arange(SCALE_BINS) + shift + ((slope * (np.arange(SCALE_BINS) - CALIBRATION_PIVOT) + 4) >> 3),
+            0, SCALE_BINS - 1)
+    for shift in CALIBRATION_SHIFTS for slope in CALIBRATION_SLOPES])
+CALIBRATIONS = constriction.stream.model.Uniform(len(CALIBRATED_ROWS))
+_reach = int(np.abs(CALIBRATED_ROWS - np.arange(SCALE_BINS)).max())
+CALIBRATION_MOVES = np.arange(-_reach, _reach + 1)  # how far a calibration can move a row
+UNCALIBRATED = CALIBRATION_SHIFTS.index(0) * len(CALIBRATION_SLOPES) + CALIBRATION_SLOPES.index(0)
+
+
+def _calibrated(table: np.ndarray, calibration: int, tables: _Tables) -> np.ndarray:
+    """Table indices with their rows remapped by ``calibration``."""
+    return CALIBRATED_ROWS[calibration][table >> tables.mean_shift] * tables.offsets + (table & (tables.offsets - 1))
+
+
+def _best_calibration(table: np.ndarray, symbols: np.ndarray, radius: int, tables: _Tables) -> int:
+    """The calibration coding ``symbols`` under ``table`` in the fewest bits.
+
+    Costs every (row, offset, symbol) that occurs once for each row a calibration can
+    move its row to, sums those per (row, move), then each calibration's moves."""
+    width = 2 * radius + 1
+    keys, counts = np.unique(table.astype(np.int64) * width + symbols, return_counts=True)
+    rows, offset, symbol = keys // (width * tables.offsets), (keys // width) % tables.offsets, keys % width
+    targets = np.clip(rows[:, None] + CALIBRATION_MOVES, 0, SCALE_BINS - 1)
+    bits = tables.costs[radius][targets * tables.offsets + offset[:, None], symbol[:, None]] * counts[:, None]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    by_move = np.zeros((SCALE_BINS, len(CALIBRATION_MOVES)))
+    by_move[rows[starts]] = np.add.reduceat(bits, starts, axis=0)
+    rows_all = np.arange(SCALE_BINS)
+    moves = CALIBRATED_ROWS - rows_all + CALIBRATION_MOVES[-1]
+    return int(np.argmin(by_move[rows_all, moves].sum(axis=1)))
+
+
 def _to_planes(tile: np.ndarray) -> list[np.ndarray]:
     return rgb_to_ycocg(tile) if tile.ndim == 3 else [tile.astype(np.int32)]
 
@@ -116,8 +166,9 @@ def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables):
             ctx.add_coded(plane)
 
 
-def encode_tile(package, tile: np.ndarray) -> bytes:
-    """Code an (h, w) or (h, w, 3) uint8 tile; returns the payload bytes."""
+def encode_tile(package, tile: np.ndarray, calibrated: bool = True) -> bytes:
+    """Code an (h, w) or (h, w, 3) uint8 tile; returns the payload bytes of coder 5
+    (``calibrated``) or coder 2."""
     planes = _to_planes(tile)
     specs = _plane_specs(len(planes))
     tables = _tables_for(package)
@@ -128,11 +179,15 @@ def encode_tile(package, tile: np.ndarray) -> bytes:
         enc.add(tables.uniform[spec.radius], interlace.top_lattice(plane, levels).ravel() - spec.lo)
     for p, plane, spec, centre, table in _predictions(package, planes, specs, tables):
         symbols = interlace.target_values(plane, p) - centre + spec.radius
+        if calibrated:
+            calibration = _best_calibration(table, symbols, spec.radius, tables) if len(symbols) else UNCALIBRATED
+            enc.add(CALIBRATIONS, [calibration])
+            table = _calibrated(table, calibration, tables)
         enc.add_grouped(tables.models[spec.radius], table, symbols)
     return enc.finish()
 
 
-def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int) -> np.ndarray:
+def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool = True) -> np.ndarray:
     """Inverse of encode_tile; NicError if the payload is inconsistent."""
     h, w = shape[:2]
     n_planes = shape[2] if len(shape) == 3 else 1
@@ -145,6 +200,8 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int) -> np.
         top = interlace.top_lattice(plane, levels)
         top[...] = dec.decode(tables.uniform[spec.radius], top.size).reshape(top.shape) + spec.lo
     for p, plane, spec, centre, table in _predictions(package, planes, specs, tables):
+        if calibrated:
+            table = _calibrated(table, int(dec.decode(CALIBRATIONS, 1)[0]), tables)
         values = dec.decode_grouped(tables.models[spec.radius], table) + centre - spec.radius
         if len(values) and (values.min() < spec.lo or values.max() > spec.hi):
             raise NicError(f"tile {index}: decoded samples out of range (corrupt data)")

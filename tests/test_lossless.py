@@ -65,7 +65,7 @@ def test_contexts_see_only_coded_pixels(schedule):
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_photo_round_trip_is_exact_and_small(photo, runtime):
     data = pillow_nic.encode(photo, "RGB", lossless=True, runtime=runtime)
-    assert container.CODER_LOSSLESS in learned_coders(data)
+    assert container.CODER_LOSSLESS_CALIBRATED in learned_coders(data)
     assert np.array_equal(pillow_nic.decode(data, runtime=runtime).pixels, photo)
     png_bytes = SAMPLE.stat().st_size  # the bundled sample as an optimised PNG
     assert len(data) < 0.85 * png_bytes
@@ -95,7 +95,7 @@ def test_real_alpha_and_grey(photo):
     rgba = np.dstack([photo, alpha])
     for arr, mode in ((grey, "L"), (rgba, "RGBA")):
         data = pillow_nic.encode(arr, mode, lossless=True)
-        assert container.CODER_LOSSLESS in learned_coders(data)
+        assert container.CODER_LOSSLESS_CALIBRATED in learned_coders(data)
         assert np.array_equal(pillow_nic.decode(data).pixels, arr)
 
 
@@ -143,3 +143,29 @@ def test_package_schedule_and_networks_are_validated():
     schedule_1_networks = {f"{kind}{plane}" for kind in ("diag", "edge") for plane in range(3)}
     with pytest.raises(container.NicError, match="lacks the networks edge_h0"):
         lossless._Tables(dict(tables, schedule=np.array(2)), schedule_1_networks)
+
+
+def test_calibration_search_finds_the_cheapest_calibration():
+    """The encoder's grouped search agrees with costing every calibration directly."""
+    package = models.default_model("lossless")
+    tables = lossless._tables_for(package)
+    rng = np.random.default_rng(5)
+    for radius, n, row_range in ((255, 3000, (20, 40)), (510, 500, (0, 64)), (255, 1, (63, 64))):
+        table = rng.integers(*row_range, n) * tables.offsets + rng.integers(0, tables.offsets, n)
+        symbols = np.clip(np.round(rng.laplace(radius, 6.0, n)), 0, 2 * radius).astype(np.int64)
+        direct = [tables.costs[radius][lossless._calibrated(table, i, tables), symbols].sum()
+                  for i in range(len(lossless.CALIBRATED_ROWS))]
+        chosen = lossless._best_calibration(table, symbols, radius, tables)
+        assert np.isclose(direct[chosen], min(direct))
+
+
+def test_calibration_pays_on_noise_the_network_misjudges(photo):
+    """Grain the training photos lack: calibrated tiles are smaller, both coders decode."""
+    package = models.default_model("lossless")
+    rng = np.random.default_rng(2)
+    grainy = np.clip(photo[:128, :128] + rng.normal(0, 6, (128, 128, 3)), 0, 255).astype(np.uint8)
+    plain = lossless.encode_tile(package, grainy, calibrated=False)
+    calibrated = lossless.encode_tile(package, grainy, calibrated=True)
+    assert len(calibrated) < 0.98 * len(plain)
+    for payload, flag in ((plain, False), (calibrated, True)):
+        assert np.array_equal(lossless.decode_tile(package, payload, grainy.shape, 0, calibrated=flag), grainy)

@@ -77,6 +77,9 @@ CASES = {
     "lossless4_la_41x30": ("LA", 41, 30, dict(lossless=True)),
     "lossy3_rgb_100x130": ("RGB", 100, 130, dict(lossless=False, quality=50, tile_size=64)),
     "lossyssim1_rgb_70x64": ("RGB", 70, 64, dict(lossless=False, quality=60, tune="ssim")),
+    # session 4: coder 5 (per-pass calibration of the scale rows), nic-lossless-4
+    "lossless4cal_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
+    "lossless4cal_l_45x31": ("L", 45, 31, dict(lossless=True)),
 }
 
 
