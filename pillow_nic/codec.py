@@ -260,12 +260,16 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
         def decode_tile(ti: int) -> None:
             x0, y0, x1, y1 = boxes[ti]
             tshape = (y1 - y0, x1 - x0) + shape[2:]
-            if layer.tiles[ti].coder == CODER_STANDARD:
+            coder = layer.tiles[ti].coder
+            if coder == CODER_STANDARD:
                 base_codecs[ti], out[y0:y1, x0:x1] = hybrid.decode_tile(payloads[ti], tshape, ti)
+            elif processes is not None and coder in LEARNED_LOSSLESS:
+                out[y0:y1, x0:x1] = processes.decode(model, payloads[ti], tshape, ti, coder == CODER_LOSSLESS_CALIBRATED)
             else:
                 out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
 
         others = [ti for ti, t in enumerate(layer.tiles) if t.coder != CODER_LOSSY]
+        processes = _process_pool([boxes[ti] for ti, t in enumerate(layer.tiles) if t.coder in LEARNED_LOSSLESS])
         with ThreadPoolExecutor(workers()) as pool:
             list(pool.map(decode_tile, others))
         if base_codecs:
@@ -280,6 +284,19 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
         colour, alpha = layer_arrays
         pixels = np.concatenate([colour.reshape(colour.shape[:2] + (-1,)), alpha[..., None]], axis=2)
     return Decoded(header.mode, pixels, meta)
+
+
+def _process_pool(boxes: list[tuple[int, int, int, int]]):
+    """Worker processes for these learned-lossless tiles when they pay: two or more cores,
+    more than one tile, and either enough pixels to repay starting them or a running pool."""
+    from . import tile_pool
+
+    pixels = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes)
+    if workers() < 2 or len(boxes) < 2 or not tile_pool.enabled():
+        return None
+    if pixels < tile_pool.MIN_PIXELS and not tile_pool.running():
+        return None
+    return tile_pool.pool(workers())
 
 
 def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model,

@@ -75,7 +75,8 @@ def _manifest() -> list[dict]:
 
 
 @lru_cache(maxsize=None)
-def _package(hash_hex: str, runtime_name: str) -> ModelPackage:
+def package_by_hash(hash_hex: str, runtime_name: str) -> ModelPackage:
+    """The registered package with this content hash (KeyError if none), files verified."""
     for entry in _manifest():
         if entry["hash"] == hash_hex:
             files = {role: MODEL_DIR / rel for role, rel in entry["files"].items()}
@@ -91,7 +92,7 @@ def _package(hash_hex: str, runtime_name: str) -> ModelPackage:
 def model_for(layer: Layer, runtime: str | None = None) -> ModelPackage:
     """The package a layer was coded with, or NicError naming the unknown or unfitting model."""
     try:
-        package = _package(layer.model_hash.hex(), rt.select(runtime))
+        package = package_by_hash(layer.model_hash.hex(), rt.select(runtime))
     except KeyError:
         raise NicError(f"unknown model {layer.model_name!r} (sha256 {layer.model_hash.hex()[:16]}...): "
                        "this installation of nic cannot decode it; a newer release may") from None
@@ -105,7 +106,7 @@ def default_model(kind: str, runtime: str | None = None) -> ModelPackage | None:
     entries = [e for e in _manifest() if e["kind"] == kind and e.get("default", True)]
     if not entries:
         return None
-    return _package(entries[-1]["hash"], rt.select(runtime))
+    return package_by_hash(entries[-1]["hash"], rt.select(runtime))
 
 
 def registered() -> list[dict]:

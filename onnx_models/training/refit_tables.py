@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--priors", default="10,100,1000,10000")
     args = ap.parse_args()
     entry = next(e for e in models.registered() if e["name"] == args.model)
-    package = models._package(entry["hash"], "onnxruntime")
+    package = models.package_by_hash(entry["hash"], "onnxruntime")
     files = list_images(DATA)
     val_files, train_files = files[::10], [f for i, f in enumerate(files) if i % 10]
     t0 = time.time()

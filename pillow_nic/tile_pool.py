@@ -1,0 +1,159 @@
+"""Decoding learned-lossless tiles in worker processes.
+
+The lossless decoder spends about three quarters of its time in NumPy calls on
+small arrays and in the rANS coder, all holding Python's GIL, so decoding tiles
+on two threads was only 1.16x faster than on one.  Worker processes (the same
+decoder, in ``python -m pillow_nic.tile_pool``) scale with the cores instead.
+They are started on first use, kept for later images and stopped at exit.
+Workers are plain subprocesses fed over pipes, not ``multiprocessing``, whose
+spawn and forkserver methods re-import the calling program's ``__main__``: a
+Pillow plugin runs inside arbitrary scripts.
+
+``NIC_PROCESSES=0`` turns the workers off (decoding then uses threads).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .container import NicError
+
+MIN_PIXELS = 1 << 20  # a cold start (about 0.25 s a worker) pays off from about 1 MP of lossless tiles
+_LENGTH = struct.Struct("<Q")
+
+
+def enabled() -> bool:
+    return os.environ.get("NIC_PROCESSES", "1") != "0"
+
+
+def _send(stream, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream):
+    """The next message, or None at end of stream (the other side is gone)."""
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    data = stream.read(_LENGTH.unpack(head)[0])
+    return pickle.loads(data)  # only ever from our own parent or child process
+
+
+class _Worker:
+    def __init__(self):
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen([sys.executable, "-m", "pillow_nic.tile_pool"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+
+    def decode(self, request: tuple) -> np.ndarray:
+        try:
+            _send(self.process.stdin, request)
+        except (BrokenPipeError, OSError):
+            reply = None
+        else:
+            reply = _receive(self.process.stdout)
+        if reply is None:
+            raise ChildProcessError("tile worker exited")
+        status, value = reply
+        if status == "error":
+            raise NicError(value)
+        return value
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+            self.process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
+class TilePool:
+    """``size`` workers; ``decode`` may be called from several threads at once."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        for _ in range(size):
+            self._idle.put(_Worker())
+
+    def decode(self, package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool) -> np.ndarray:
+        """``lossless.decode_tile`` in a worker process."""
+        worker = self._idle.get()
+        try:
+            return worker.decode((package.hash.hex(), package.runtime, bytes(data), shape, index, calibrated))
+        except ChildProcessError:
+            worker.close()
+            worker = _Worker()  # replaces the dead one; this tile is decoded here
+            from . import lossless
+            return lossless.decode_tile(package, data, shape, index, calibrated)
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        for _ in range(self.size):
+            self._idle.get().close()
+
+
+_pool: TilePool | None = None
+_pool_lock = threading.Lock()
+
+
+def running() -> bool:
+    return _pool is not None
+
+
+def pool(size: int) -> TilePool:
+    """The shared pool, started (or restarted with ``size`` workers) on demand."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool.size != size:
+            if _pool is not None:
+                _pool.close()
+            _pool = TilePool(size)
+        return _pool
+
+
+@atexit.register
+def _shutdown() -> None:
+    global _pool
+    if _pool is not None:
+        _pool.close()
+        _pool = None
+
+
+def _serve() -> None:
+    """Worker loop: decode each request until the parent closes the pipe."""
+    from . import lossless, models
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes our pipe
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write into the reply stream
+    while (request := _receive(stdin)) is not None:
+        model_hash, runtime, data, shape, index, calibrated = request
+        try:
+            package = models.package_by_hash(model_hash, runtime)
+            reply = ("ok", lossless.decode_tile(package, data, shape, index, calibrated))
+        except NicError as exc:
+            reply = ("error", str(exc))
+        _send(stdout, reply)
+
+
+if __name__ == "__main__":
+    _serve()

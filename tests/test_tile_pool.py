@@ -1,0 +1,55 @@
+"""Lossless tiles decoded in worker processes: same pixels, errors and crashes handled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pillow_nic
+from pillow_nic import codec, lossless, models, tile_pool
+
+pytestmark = pytest.mark.skipif(models.default_model("lossless") is None, reason="no lossless model released")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    workers = tile_pool.pool(2)
+    yield workers
+    tile_pool._shutdown()
+
+
+def test_worker_decodes_the_same_pixels(pool, photo):
+    package = models.default_model("lossless")
+    tile = photo[:96, :80]
+    for calibrated in (False, True):
+        payload = lossless.encode_tile(package, tile, calibrated=calibrated)
+        assert np.array_equal(pool.decode(package, payload, tile.shape, 0, calibrated), tile)
+
+
+def test_corrupt_tile_raises_nic_error_from_the_worker(pool, photo):
+    package = models.default_model("lossless")
+    payload = lossless.encode_tile(package, photo[:64, :64])
+    with pytest.raises(pillow_nic.NicError, match="tile 3"):
+        pool.decode(package, payload[:-4] + b"\x01\x00\x00\x00", (64, 64, 3), 3, True)
+
+
+def test_dead_worker_is_replaced_and_the_tile_still_decodes(pool, photo):
+    package = models.default_model("lossless")
+    tile = photo[:48, :48]
+    payload = lossless.encode_tile(package, tile)
+    for worker in list(pool._idle.queue):
+        worker.process.kill()
+        worker.process.wait()
+    for _ in range(pool.size + 1):  # each dead worker falls back once, then fresh ones serve
+        assert np.array_equal(pool.decode(package, payload, tile.shape, 0, True), tile)
+    assert all(w.process.poll() is None for w in pool._idle.queue)
+
+
+def test_images_decode_through_a_running_pool(pool, photo, monkeypatch):
+    monkeypatch.setattr(codec, "workers", lambda: 2)
+    crop = photo[:160, :200]
+    data = pillow_nic.encode(crop, "RGB", lossless=True, tile_size=64)
+    assert codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) is not None
+    assert np.array_equal(pillow_nic.decode(data).pixels, crop)
+    monkeypatch.setenv("NIC_PROCESSES", "0")
+    assert codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) is None
