@@ -76,3 +76,23 @@ def test_encode(benchmark, codec, setting, images, threads, quick):
         assert all(np.array_equal(codec.decode(d), rgb) for d, (_, rgb) in zip(coded, images))
     benchmark.extra_info.update(codec=codec.name, setting=setting, threads=threads, megapixels=pixels / 1e6,
                                 bpp=8 * sum(map(len, coded)) / pixels)
+
+
+@pytest.mark.parametrize("codec", [c for name, c in LOSSLESS.items() if name.startswith("nic")],
+                         ids=lambda c: c.name)
+def test_decode_worker_processes(benchmark, codec, images, quick, monkeypatch):
+    """nic lossless on all cores with its tile worker processes already running, as in a
+    long-lived process (the photo store, a server); a one-off decode starts them only for
+    images of 1 MP and more (``pillow_nic.tile_pool``)."""
+    from pillow_nic import tile_pool
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setenv("NIC_THREADS", str(cores))
+    monkeypatch.setenv("NIC_RUNTIME", "onnxruntime")
+    tile_pool.pool(cores)
+    coded = [codec.encode(rgb, None) for _, rgb in images]
+    pixels = sum(rgb.shape[0] * rgb.shape[1] for _, rgb in images)
+    out = _run(benchmark, lambda: [codec.decode(d) for d in coded], quick)
+    assert all(np.array_equal(o, rgb) for o, (_, rgb) in zip(out, images))
+    benchmark.extra_info.update(codec=codec.name, setting=None, threads="all, worker processes",
+                                runtime="onnxruntime", megapixels=pixels / 1e6, bpp=8 * sum(map(len, coded)) / pixels)
