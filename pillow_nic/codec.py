@@ -172,7 +172,7 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
             model = models.default_model("lossless", runtime) if mode not in ("1", "I;16") else None
             if model is None:
                 coding = STORED
-            coded = _code_tiles(layer_pixels, boxes, _lossless_coder(model) if model else None)
+            coded = _code_tiles(layer_pixels, boxes, _lossless_coder(model, boxes) if model else None)
             if coding == LOSSLESS and all(c not in LEARNED_LOSSLESS for c, _ in coded):
                 coding, model = STORED, None  # no tile needed the model: do not depend on it
         layer = Layer(planes, coding, quality if coding in QUALITY_CODINGS else 0,
@@ -185,9 +185,12 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
     return out.getvalue()
 
 
-def _lossless_coder(model):
+def _lossless_coder(model, boxes: list[tuple[int, int, int, int]]):
+    """Coder 5 for each tile, in worker processes where they pay (``_process_pool``)."""
     from . import lossless
-    return lambda tile: (CODER_LOSSLESS_CALIBRATED, lossless.encode_tile(model, tile, calibrated=True))
+    processes = _process_pool(boxes)
+    encode = processes.encode if processes is not None else lossless.encode_tile
+    return lambda tile: (CODER_LOSSLESS_CALIBRATED, encode(model, tile))
 
 
 def _code_tiles(pixels: np.ndarray, boxes: list, coder) -> list[tuple[int, bytes]]:
@@ -287,7 +290,7 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
 
 
 def _process_pool(boxes: list[tuple[int, int, int, int]]):
-    """Worker processes for these learned-lossless tiles when they pay: two or more cores,
+    """Worker processes for coding these lossless tiles when they pay: two or more cores,
     more than one tile, and either enough pixels to repay starting them or a running pool."""
     from . import tile_pool
 

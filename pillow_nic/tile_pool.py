@@ -1,15 +1,16 @@
-"""Decoding learned-lossless tiles in worker processes.
+"""Coding learned-lossless tiles in worker processes.
 
-The lossless decoder spends about three quarters of its time in NumPy calls on
+The lossless coder spends about three quarters of its time in NumPy calls on
 small arrays and in the rANS coder, all holding Python's GIL, so decoding tiles
 on two threads was only 1.16x faster than on one.  Worker processes (the same
-decoder, in ``python -m pillow_nic.tile_pool``) scale with the cores instead.
+``lossless.encode_tile`` / ``decode_tile``, in ``python -m pillow_nic.tile_pool``)
+scale with the cores instead.
 They are started on first use, kept for later images and stopped at exit.
 Workers are plain subprocesses fed over pipes, not ``multiprocessing``, whose
 spawn and forkserver methods re-import the calling program's ``__main__``: a
 Pillow plugin runs inside arbitrary scripts.
 
-``NIC_PROCESSES=0`` turns the workers off (decoding then uses threads).
+``NIC_PROCESSES=0`` turns the workers off (coding then uses threads).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class _Worker:
         self.process = subprocess.Popen([sys.executable, "-m", "pillow_nic.tile_pool"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env)
 
-    def decode(self, request: tuple) -> np.ndarray:
+    def call(self, request: tuple):
         try:
             _send(self.process.stdin, request)
         except (BrokenPipeError, OSError):
@@ -85,7 +86,7 @@ class _Worker:
 
 
 class TilePool:
-    """``size`` workers; ``decode`` may be called from several threads at once."""
+    """``size`` workers; ``encode`` and ``decode`` may be called from several threads at once."""
 
     def __init__(self, size: int):
         self.size = size
@@ -93,16 +94,22 @@ class TilePool:
         for _ in range(size):
             self._idle.put(_Worker())
 
+    def encode(self, package, tile: np.ndarray) -> bytes:
+        """``lossless.encode_tile(package, tile)`` (coder 5) in a worker process."""
+        return self._call(package, "encode_tile", np.ascontiguousarray(tile))
+
     def decode(self, package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool) -> np.ndarray:
         """``lossless.decode_tile`` in a worker process."""
+        return self._call(package, "decode_tile", bytes(data), shape, index, calibrated)
+
+    def _call(self, package, job: str, *args):
         worker = self._idle.get()
         try:
-            return worker.decode((package.hash.hex(), package.runtime, bytes(data), shape, index, calibrated))
+            return worker.call((job, package.hash.hex(), package.runtime, args))
         except ChildProcessError:
             worker.close()
-            worker = _Worker()  # replaces the dead one; this tile is decoded here
-            from . import lossless
-            return lossless.decode_tile(package, data, shape, index, calibrated)
+            worker = _Worker()  # replaces the dead one; this tile is coded here
+            return _job(job)(package, *args)
         finally:
             self._idle.put(worker)
 
@@ -138,18 +145,24 @@ def _shutdown() -> None:
         _pool = None
 
 
+def _job(name: str):
+    """The lossless coder function a request names (nothing else can be called)."""
+    from . import lossless
+
+    return {"encode_tile": lossless.encode_tile, "decode_tile": lossless.decode_tile}[name]
+
+
 def _serve() -> None:
-    """Worker loop: decode each request until the parent closes the pipe."""
-    from . import lossless, models
+    """Worker loop: answer each request until the parent closes the pipe."""
+    from . import models
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes our pipe
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the reply stream
     while (request := _receive(stdin)) is not None:
-        model_hash, runtime, data, shape, index, calibrated = request
+        job, model_hash, runtime, args = request
         try:
-            package = models.package_by_hash(model_hash, runtime)
-            reply = ("ok", lossless.decode_tile(package, data, shape, index, calibrated))
+            reply = ("ok", _job(job)(models.package_by_hash(model_hash, runtime), *args))
         except NicError as exc:
             reply = ("error", str(exc))
         _send(stdout, reply)

@@ -1,4 +1,4 @@
-"""Lossless tiles decoded in worker processes: same pixels, errors and crashes handled."""
+"""Lossless tiles coded in worker processes: same bytes and pixels, errors and crashes handled."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ def pool():
     tile_pool._shutdown()
 
 
-def test_worker_decodes_the_same_pixels(pool, photo):
+def test_worker_encodes_and_decodes_like_this_process(pool, photo):
     package = models.default_model("lossless")
     tile = photo[:96, :80]
+    assert pool.encode(package, tile) == lossless.encode_tile(package, tile)
     for calibrated in (False, True):
         payload = lossless.encode_tile(package, tile, calibrated=calibrated)
         assert np.array_equal(pool.decode(package, payload, tile.shape, 0, calibrated), tile)
@@ -45,11 +46,12 @@ def test_dead_worker_is_replaced_and_the_tile_still_decodes(pool, photo):
     assert all(w.process.poll() is None for w in pool._idle.queue)
 
 
-def test_images_decode_through_a_running_pool(pool, photo, monkeypatch):
+def test_images_code_through_a_running_pool(pool, photo, monkeypatch):
     monkeypatch.setattr(codec, "workers", lambda: 2)
     crop = photo[:160, :200]
+    assert codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) is pool
     data = pillow_nic.encode(crop, "RGB", lossless=True, tile_size=64)
-    assert codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) is not None
     assert np.array_equal(pillow_nic.decode(data).pixels, crop)
     monkeypatch.setenv("NIC_PROCESSES", "0")
     assert codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) is None
+    assert pillow_nic.encode(crop, "RGB", lossless=True, tile_size=64) == data
