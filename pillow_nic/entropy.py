@@ -26,10 +26,10 @@ def group_by_table(tables: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int,
     """(permutation sorting symbols by table, stably; [(table, start, end)] of each group)."""
     keys = tables.astype(np.int16) if tables.size and tables.max() < 1 << 15 else tables
     order = np.argsort(keys, kind="stable")  # a radix sort for int16 keys
-    ordered = keys[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else []
-    bounds = list(starts) + [len(order)]
-    return order, [(int(ordered[s]), s, e) for s, e in zip(bounds[:-1], bounds[1:])]
+    counts = np.bincount(keys) if len(keys) else np.zeros(0, np.int64)
+    used = np.flatnonzero(counts)
+    ends = np.cumsum(counts[used])
+    return order, list(zip(used.tolist(), (ends - counts[used]).tolist(), ends.tolist()))
 
 
 class Encoder:
