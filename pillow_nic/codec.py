@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -172,7 +173,8 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
             model = models.default_model("lossless", runtime) if mode not in ("1", "I;16") else None
             if model is None:
                 coding = STORED
-            coded = _code_tiles(layer_pixels, boxes, _lossless_coder(model, boxes) if model else None)
+            with _process_pool(boxes if model else []) as processes:
+                coded = _code_tiles(layer_pixels, boxes, _lossless_coder(model, processes) if model else None)
             if coding == LOSSLESS and all(c not in LEARNED_LOSSLESS for c, _ in coded):
                 coding, model = STORED, None  # no tile needed the model: do not depend on it
         layer = Layer(planes, coding, quality if coding in QUALITY_CODINGS else 0,
@@ -185,10 +187,9 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
     return out.getvalue()
 
 
-def _lossless_coder(model, boxes: list[tuple[int, int, int, int]]):
-    """Coder 5 for each tile, in worker processes where they pay (``_process_pool``)."""
+def _lossless_coder(model, processes):
+    """Coder 5 for each tile, in the worker processes if given."""
     from . import lossless
-    processes = _process_pool(boxes)
     encode = processes.encode if processes is not None else lossless.encode_tile
     return lambda tile: (CODER_LOSSLESS_CALIBRATED, encode(model, tile))
 
@@ -272,8 +273,8 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
                 out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
 
         others = [ti for ti, t in enumerate(layer.tiles) if t.coder != CODER_LOSSY]
-        processes = _process_pool([boxes[ti] for ti, t in enumerate(layer.tiles) if t.coder in LEARNED_LOSSLESS])
-        with ThreadPoolExecutor(workers()) as pool:
+        learned = [boxes[ti] for ti, t in enumerate(layer.tiles) if t.coder in LEARNED_LOSSLESS]
+        with _process_pool(learned) as processes, ThreadPoolExecutor(workers()) as pool:
             list(pool.map(decode_tile, others))
         if base_codecs:
             if len(set(base_codecs.values())) > 1:
@@ -290,16 +291,17 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
 
 
 def _process_pool(boxes: list[tuple[int, int, int, int]]):
-    """Worker processes for coding these lossless tiles when they pay: two or more cores,
-    more than one tile, and either enough pixels to repay starting them or a running pool."""
+    """A context giving worker processes for coding these lossless tiles where they pay
+    (two or more cores, more than one tile, and either enough pixels to repay starting
+    them or a running pool), else None."""
     from . import tile_pool
 
     pixels = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes)
     if workers() < 2 or len(boxes) < 2 or not tile_pool.enabled():
-        return None
+        return nullcontext(None)
     if pixels < tile_pool.MIN_PIXELS and not tile_pool.running():
-        return None
-    return tile_pool.pool(workers())
+        return nullcontext(None)
+    return tile_pool.borrowed(workers())
 
 
 def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model,

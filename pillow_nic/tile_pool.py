@@ -5,7 +5,8 @@ small arrays and in the rANS coder, all holding Python's GIL, so decoding tiles
 on two threads was only 1.16x faster than on one.  Worker processes (the same
 ``lossless.encode_tile`` / ``decode_tile``, in ``python -m pillow_nic.tile_pool``)
 scale with the cores instead.
-They are started on first use, kept for later images and stopped at exit.
+They are started on first use, kept for later images and stopped after a minute
+without work or at exit.
 Workers are plain subprocesses fed over pipes, not ``multiprocessing``, whose
 spawn and forkserver methods re-import the calling program's ``__main__``: a
 Pillow plugin runs inside arbitrary scripts.
@@ -24,7 +25,9 @@ import struct
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -118,31 +121,63 @@ class TilePool:
             self._idle.get().close()
 
 
+IDLE_STOP_S = 60.0  # workers hold ~175 MB each: stop them after a minute without work
+
 _pool: TilePool | None = None
-_pool_lock = threading.Lock()
+_users = 0  # images being coded with the pool now
+_idle_timer: threading.Timer | None = None
+_lock = threading.Lock()
 
 
 def running() -> bool:
     return _pool is not None
 
 
-def pool(size: int) -> TilePool:
-    """The shared pool, started (or restarted with ``size`` workers) on demand."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool.size != size:
+@contextmanager
+def borrowed(size: int) -> Iterator[TilePool]:
+    """The shared pool for the coding of one image: started on demand with ``size``
+    workers (restarted with that size when nothing uses it), stopped IDLE_STOP_S after
+    its last use."""
+    global _pool, _users, _idle_timer
+    with _lock:
+        if _idle_timer is not None:
+            _idle_timer.cancel()
+            _idle_timer = None
+        if _pool is None or (_pool.size != size and _users == 0):
             if _pool is not None:
                 _pool.close()
             _pool = TilePool(size)
-        return _pool
+        _users += 1
+        current = _pool
+    try:
+        yield current
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                _idle_timer = threading.Timer(IDLE_STOP_S, _stop_if_idle)
+                _idle_timer.daemon = True
+                _idle_timer.start()
+
+
+def _stop_if_idle() -> None:
+    global _pool
+    with _lock:
+        if _users == 0 and _pool is not None:
+            _pool.close()
+            _pool = None
 
 
 @atexit.register
 def _shutdown() -> None:
-    global _pool
-    if _pool is not None:
-        _pool.close()
-        _pool = None
+    global _pool, _idle_timer
+    with _lock:
+        if _idle_timer is not None:
+            _idle_timer.cancel()
+            _idle_timer = None
+        if _pool is not None:
+            _pool.close()
+            _pool = None
 
 
 def _job(name: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -11,10 +13,10 @@ from pillow_nic import codec, lossless, models, tile_pool
 pytestmark = pytest.mark.skipif(models.default_model("lossless") is None, reason="no lossless model released")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pool():
-    workers = tile_pool.pool(2)
-    yield workers
+    with tile_pool.borrowed(2) as workers:
+        yield workers
     tile_pool._shutdown()
 
 
@@ -49,9 +51,25 @@ def test_dead_worker_is_replaced_and_the_tile_still_decodes(pool, photo):
 def test_images_code_through_a_running_pool(pool, photo, monkeypatch):
     monkeypatch.setattr(codec, "workers", lambda: 2)
     crop = photo[:160, :200]
-    assert codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) is pool
+    with codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) as processes:
+        assert processes is pool
     data = pillow_nic.encode(crop, "RGB", lossless=True, tile_size=64)
     assert np.array_equal(pillow_nic.decode(data).pixels, crop)
     monkeypatch.setenv("NIC_PROCESSES", "0")
-    assert codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) is None
+    with codec._process_pool([(0, 0, 64, 64), (64, 0, 128, 64)]) as processes:
+        assert processes is None
     assert pillow_nic.encode(crop, "RGB", lossless=True, tile_size=64) == data
+
+
+def test_idle_workers_stop(monkeypatch):
+    """Workers hold memory: they end once no image has used them for IDLE_STOP_S."""
+    monkeypatch.setattr(tile_pool, "IDLE_STOP_S", 0.2)
+    with tile_pool.borrowed(2) as workers:
+        processes = [w.process for w in workers._idle.queue]
+        time.sleep(0.4)
+        assert tile_pool.running()  # in use: kept
+    deadline = time.monotonic() + 10
+    while tile_pool.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not tile_pool.running()
+    assert all(p.poll() is not None for p in processes)
