@@ -52,7 +52,10 @@ def _receive(stream):
     head = stream.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
         return None
-    data = stream.read(_LENGTH.unpack(head)[0])
+    size = _LENGTH.unpack(head)[0]
+    data = stream.read(size)
+    if len(data) < size:
+        return None
     return pickle.loads(data)  # only ever from our own parent or child process
 
 
@@ -178,6 +181,15 @@ def _shutdown() -> None:
         if _pool is not None:
             _pool.close()
             _pool = None
+
+
+def _forget_after_fork() -> None:
+    """A forked child must not talk to its parent's workers over the shared pipes."""
+    global _pool, _users, _idle_timer, _lock
+    _pool, _users, _idle_timer, _lock = None, 0, None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _job(name: str):

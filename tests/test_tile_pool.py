@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -73,3 +74,14 @@ def test_idle_workers_stop(monkeypatch):
         time.sleep(0.05)
     assert not tile_pool.running()
     assert all(p.poll() is not None for p in processes)
+
+
+def test_forked_child_does_not_share_the_parents_workers(pool, photo):
+    package = models.default_model("lossless")
+    tile = photo[:32, :32]
+    payload = lossless.encode_tile(package, tile)
+    pid = os.fork()
+    if pid == 0:  # child: a fresh state, no pool; exit code says so
+        os._exit(0 if not tile_pool.running() else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert np.array_equal(pool.decode(package, payload, tile.shape, 0, True), tile)
