@@ -35,15 +35,18 @@ from pillow_nic.lossless_model import PLANES, model_key  # noqa: E402
 INPUT_SCALE = 1 / 64   # float-phase reparametrisation of the first layer
 
 
-def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator, schedule: int) -> dict:
-    """Per model key: (features int16 (n, F), residual targets int16 (n,))."""
+def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator, schedule: int,
+            scales: tuple[float, float] = (0.5, 1.0)) -> dict:
+    """Per model key: (features int16 (n, F), residual targets int16 (n,)), from crops of
+    each photo downscaled by a random factor in ``scales`` (1.0: as the camera saw it)."""
     pools: dict[str, tuple[list, list]] = {model_key(k, c): ([], []) for k in interlace.SCHEDULES[schedule]
                                            for c in range(PLANES)}
     for path in files:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            scale = rng.uniform(0.5, 1.0)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
+            scale = rng.uniform(*scales)
+            if scale < 1:
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
             arr = np.asarray(im)
         for _ in range(max(1, (arr.shape[0] * arr.shape[1]) // (crop * crop * 2))):
             y0 = rng.integers(0, max(1, arr.shape[0] - crop + 1))
@@ -138,6 +141,19 @@ def to_int_layers(model: Predictor) -> list[dict]:
     return layers
 
 
+def evaluate_pools(models: dict, val: dict, quantised: bool) -> float:
+    """Estimated bits per RGB pixel on the validation pools."""
+    bits_per_plane = {c: [0.0, 0] for c in range(PLANES)}
+    with torch.no_grad():
+        for k, m in models.items():
+            f, t = val[k]
+            mean, ls = m(torch.from_numpy(f.astype(np.float32)), quantised)
+            b = logistic_bits(torch.from_numpy(t.astype(np.float32)), mean, ls).sum().item()
+            bits_per_plane[int(k[-1])][0] += b
+            bits_per_plane[int(k[-1])][1] += len(t)
+    return sum(b / n for b, n in bits_per_plane.values())
+
+
 def main() -> None:
     cfg, run_dir, rng, log = start_run(__doc__.splitlines()[0])
 
@@ -154,8 +170,9 @@ def main() -> None:
         train = {k: v for k, v in train.items() if not k.startswith("val:")}
     else:
         schedule = cfg.get("schedule", 1)
-        train = extract(train_files, cfg["crop"], cfg["keep"], rng, schedule)
-        val = extract(val_files, cfg["crop"], cfg["keep"], rng, schedule)
+        scales = tuple(cfg.get("scales", (0.5, 1.0)))
+        train = extract(train_files, cfg["crop"], cfg["keep"], rng, schedule, scales)
+        val = extract(val_files, cfg["crop"], cfg["keep"], rng, schedule, scales)
         np.savez(cache, **{f"{k}/f": v[0] for k, v in train.items()}, **{f"{k}/t": v[1] for k, v in train.items()},
                  **{f"val:{k}/f": v[0] for k, v in val.items()}, **{f"val:{k}/t": v[1] for k, v in val.items()})
     print(f"data: {len(train_files)} train / {len(val_files)} val images, "
@@ -175,6 +192,7 @@ def main() -> None:
             kind, plane = k[:-1], k[-1]
             grow_into(m, state["models"][old_kind.get(kind, kind) + plane])
         print(f"initialised from {cfg['init_from']}", flush=True)
+        log_record(log, dict(step=0, warm_start_val_bpp=round(evaluate_pools(models, val, True), 4)))
     if ckpt.exists():
         state = torch.load(ckpt)
         for k, m in models.items():
@@ -191,18 +209,7 @@ def main() -> None:
     weights = {k: len(v[1]) for k, v in train.items()}
 
     def evaluate(quantised: bool) -> float:
-        """Estimated bits per RGB pixel on the validation pools."""
-        bits_per_plane = {c: [0.0, 0] for c in range(PLANES)}
-        with torch.no_grad():
-            for k, m in models.items():
-                f, t = val[k]
-                x = torch.from_numpy(f.astype(np.float32))
-                mean, ls = m(x, quantised)
-                b = logistic_bits(torch.from_numpy(t.astype(np.float32)), mean, ls).sum().item()
-                c = int(k[-1])
-                bits_per_plane[c][0] += b
-                bits_per_plane[c][1] += len(t)
-        return sum(b / n for b, n in bits_per_plane.values())
+        return evaluate_pools(models, val, quantised)
 
     t_start = time.time()
     last_ckpt = time.time()
