@@ -268,9 +268,10 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
             if coder == CODER_STANDARD:
                 base_codecs[ti], out[y0:y1, x0:x1] = hybrid.decode_tile(payloads[ti], tshape, ti)
             elif processes is not None and coder in LEARNED_LOSSLESS:
-                out[y0:y1, x0:x1] = processes.decode(model, payloads[ti], tshape, ti, coder == CODER_LOSSLESS_CALIBRATED)
+                calibrated = coder == CODER_LOSSLESS_CALIBRATED
+                out[y0:y1, x0:x1] = processes.decode(model, payloads[ti], tshape, ti, calibrated)
             else:
-                out[y0:y1, x0:x1] = _decode_tile(layer.tiles[ti].coder, payloads[ti], tshape, dtype, model, ti)
+                out[y0:y1, x0:x1] = _decode_tile(coder, payloads[ti], tshape, dtype, model, ti)
 
         others = [ti for ti, t in enumerate(layer.tiles) if t.coder != CODER_LOSSY]
         learned = [boxes[ti] for ti, t in enumerate(layer.tiles) if t.coder in LEARNED_LOSSLESS]
