@@ -80,6 +80,8 @@ CASES = {
     # session 4: coder 5 (per-pass calibration of the scale rows), nic-lossless-4
     "lossless4cal_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
     "lossless4cal_l_45x31": ("L", 45, 31, dict(lossless=True)),
+    # nic-lossy-4 (8e7655690814): nic-lossy-2 fine-tuned on 256-pixel crops
+    "lossy4_rgb_96x130": ("RGB", 96, 130, dict(lossless=False, quality=70, tile_size=64)),
 }
 
 
