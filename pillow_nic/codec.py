@@ -267,11 +267,8 @@ def decode_with_header(fp: BinaryIO, header: Header, *, runtime: str | None = No
             coder = layer.tiles[ti].coder
             if coder == CODER_STANDARD:
                 base_codecs[ti], out[y0:y1, x0:x1] = hybrid.decode_tile(payloads[ti], tshape, ti)
-            elif processes is not None and coder in LEARNED_LOSSLESS:
-                calibrated = coder == CODER_LOSSLESS_CALIBRATED
-                out[y0:y1, x0:x1] = processes.decode(model, payloads[ti], tshape, ti, calibrated)
             else:
-                out[y0:y1, x0:x1] = _decode_tile(coder, payloads[ti], tshape, dtype, model, ti)
+                out[y0:y1, x0:x1] = _decode_tile(coder, payloads[ti], tshape, dtype, model, ti, processes)
 
         others = [ti for ti, t in enumerate(layer.tiles) if t.coder != CODER_LOSSY]
         learned = [boxes[ti] for ti, t in enumerate(layer.tiles) if t.coder in LEARNED_LOSSLESS]
@@ -306,7 +303,8 @@ def _process_pool(boxes: list[tuple[int, int, int, int]]):
 
 
 def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model,
-                 index: int) -> np.ndarray:
+                 index: int, processes=None) -> np.ndarray:
+    """One coder 0, 1, 2 or 5 tile; learned ones in the worker processes if given."""
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if coder == CODER_ZSTD:
         try:
@@ -318,4 +316,5 @@ def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtyp
             raise NicError(f"tile {index}: {len(data)} sample bytes, expected {nbytes}")
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     from . import lossless
-    return lossless.decode_tile(model, data, shape, index, calibrated=coder == CODER_LOSSLESS_CALIBRATED)
+    decode = processes.decode if processes is not None else lossless.decode_tile
+    return decode(model, data, shape, index, coder == CODER_LOSSLESS_CALIBRATED)
