@@ -24,7 +24,7 @@ import qat  # noqa: E402
 from export import release  # noqa: E402
 from pillow_nic import intnet, tables  # noqa: E402
 from pillow_nic.lossy import LATENT_CLIP, MEAN_BITS  # noqa: E402
-from train_lossy import Codec  # noqa: E402
+from train_lossy import CONTEXT_CLIP, Codec  # noqa: E402
 
 
 class Encoder(nn.Module):
@@ -44,6 +44,20 @@ class Decoder(nn.Module):
 
     def forward(self, latents: torch.Tensor, inv_gain: torch.Tensor):
         return torch.clamp(self.codec.synthesis(latents * inv_gain), 0, 1)
+
+
+def _int_conv(sums: torch.Tensor, spec: dict) -> torch.Tensor:
+    """An integer layer's output from its integer sums: scaled by 2**-shift (exact),
+    floored, and capped for a hidden layer."""
+    scale = torch.tensor(2.0 ** -np.asarray(spec["shift"], np.float64), dtype=torch.float32)
+    h = torch.floor(sums * scale.view(1, -1, 1, 1))
+    return h if spec["clip_max"] is None else torch.clamp(h, 0, spec["clip_max"])
+
+
+def _worst_sum(weight: np.ndarray, bound: float, bias: np.ndarray) -> float:
+    """Largest |sum| a (out, in, kh, kw) integer convolution can reach on inputs within
+    +-bound: below 2**24 every partial sum is exact in float32."""
+    return np.abs(weight).astype(np.float64).sum(axis=(1, 2, 3)).max() * bound + np.abs(bias).max()
 
 
 class IntHyper(nn.Module):
@@ -67,15 +81,15 @@ class IntHyper(nn.Module):
                 convs.append(conv)
                 self.layers.append(spec)
         self.convs = nn.ModuleList(convs)
+        self.with_hidden = bool(codec.context)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """pred, and for a codec with checkerboard context also the last hidden activation."""
         h = z
         for conv, spec in zip(self.convs, self.layers):
-            scale = torch.tensor(2.0 ** -np.asarray(spec["shift"], np.float64), dtype=torch.float32)
-            h = torch.floor(conv(h) * scale.view(1, -1, 1, 1))
-            if spec["clip_max"] is not None:
-                h = torch.clamp(h, 0, spec["clip_max"])
-        return h
+            hidden = h
+            h = _int_conv(conv(h), spec)
+        return (h, hidden) if self.with_hidden else h
 
     def check_exact(self) -> None:
         """Worst-case sums below 2**24: each output sums (taps x in-channels) products."""
@@ -85,12 +99,46 @@ class IntHyper(nn.Module):
             if isinstance(conv, nn.ConvTranspose2d):
                 # stride 2, kernel 4: each output gets 2x2 taps per input channel
                 per_out = max(w[:, :, a::2, b::2].sum(axis=(0, 2, 3)).max() for a in (0, 1) for b in (0, 1))
+                worst = per_out * bound + np.abs(spec["bias"]).max()
             else:
-                per_out = w.sum(axis=(1, 2, 3)).max()
-            worst = per_out * bound + np.abs(spec["bias"]).max()
+                worst = _worst_sum(spec["weight"], bound, spec["bias"])
             if worst >= intnet.EXACT_LIMIT or w.max() > intnet.WEIGHT_MAX:
                 raise ValueError(f"hyper-synthesis layer not exact: bound {worst:.0f}")
             bound = spec["clip_max"] or 0
+
+
+class IntContext(nn.Module):
+    """The checkerboard context network with exported integer weights: (the hyper-synthesis'
+    last hidden activation, integer anchor latents) -> pred of the non-anchor latents.  The
+    output layer reads both inputs, as two convolutions whose integer sums are added."""
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        m, ctx = codec.m, codec.context
+        hh = codec.hs[-1].weight.shape[1]
+        with torch.no_grad():
+            self.hidden_spec = qat.export_hidden(codec.ctx_conv.weight, codec.ctx_conv.bias, 0)
+            self.out_spec = qat.export_output(codec.ctx_out.weight, codec.ctx_out.bias, qat.ACT_BITS, MEAN_BITS)
+            self.conv = nn.Conv2d(m, ctx, 5, 1, 2)
+            self.conv.weight.copy_(torch.from_numpy(self.hidden_spec["weight"]))
+            self.conv.bias.copy_(torch.from_numpy(self.hidden_spec["bias"]))
+            w = torch.from_numpy(self.out_spec["weight"])
+            self.from_hyper = nn.Conv2d(hh, 2 * m, 1)
+            self.from_hyper.weight.copy_(w[:, :hh])
+            self.from_hyper.bias.copy_(torch.from_numpy(self.out_spec["bias"]))
+            self.from_context = nn.Conv2d(ctx, 2 * m, 1, bias=False)
+            self.from_context.weight.copy_(w[:, hh:])
+
+    def forward(self, hidden: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        c = _int_conv(self.conv(anchors), self.hidden_spec)
+        return _int_conv(self.from_hyper(hidden) + self.from_context(c), self.out_spec)
+
+    def check_exact(self) -> None:
+        """Worst-case sums below 2**24 (anchors within +-CONTEXT_CLIP, hidden within 0..clip)."""
+        worst = max(_worst_sum(self.hidden_spec["weight"], CONTEXT_CLIP, self.hidden_spec["bias"]),
+                    _worst_sum(self.out_spec["weight"], qat.HIDDEN_CLIP, self.out_spec["bias"]))
+        if worst >= intnet.EXACT_LIMIT or np.abs(self.out_spec["weight"]).max() > intnet.WEIGHT_MAX:
+            raise ValueError(f"context network not exact: bound {worst:.0f}")
 
 
 def export_lossy(run_dir: Path, name: str) -> None:
@@ -113,8 +161,19 @@ def export_lossy(run_dir: Path, name: str) -> None:
     hyper = IntHyper(codec)
     hyper.check_exact()
     z = torch.randint(-20, 20, (1, hz, 2, 3)).float()
-    torch.onnx.export(hyper, (z,), tmp / "hyper.onnx", input_names=["z"], output_names=["pred"],
+    torch.onnx.export(hyper, (z,), tmp / "hyper.onnx", input_names=["z"],
+                      output_names=["pred", "hidden"] if codec.context else ["pred"],
                       dynamic_axes={"z": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    roles = ["encoder", "decoder", "hyper"]
+    if codec.context:
+        context = IntContext(codec)
+        context.check_exact()
+        hidden = torch.randint(0, 255, (1, codec.hs[-1].weight.shape[1], 8, 12)).float()
+        anchors = torch.randint(-CONTEXT_CLIP, CONTEXT_CLIP, (1, m, 8, 12)).float()
+        torch.onnx.export(context, (hidden, anchors), tmp / "context.onnx", input_names=["hidden", "anchors"],
+                          output_names=["pred"], dynamic_axes={"hidden": {2: "h", 3: "w"}, "anchors": {2: "h", 3: "w"}},
+                          opset_version=17, dynamo=False)
+        roles.append("context")
     with torch.no_grad():
         z_rows = torch.clamp(torch.floor((codec.z_log_scale - tables.SCALE_MIN) / tables.SCALE_STEP),
                              0, tables.SCALE_BINS - 1).to(torch.int64).numpy()
@@ -127,6 +186,6 @@ def export_lossy(run_dir: Path, name: str) -> None:
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     record = dict(config=cfg, step=state["step"], final=final, log_tail=log[-3:],
                   summary=dict(steps=state["step"], val=[r for r in log if "val" in r][-1]["val"]))
-    files = {role: tmp / f"{role}.onnx" for role in ("encoder", "decoder", "hyper")}
+    files = {role: tmp / f"{role}.onnx" for role in roles}
     files["tables"] = tmp / "tables.npz"
     release("lossy-ssim" if cfg.get("distortion") == "msssim" else "lossy", name, files, record)

@@ -33,6 +33,7 @@ from pillow_nic.metrics import MS_SSIM_WEIGHTS  # noqa: E402
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
 LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
+CONTEXT_CLIP = 31   # the context network sees anchor latents rounded to integers within +-31
 
 
 class GDN(nn.Module):
@@ -94,6 +95,12 @@ class Codec(nn.Module):
             nn.ConvTranspose2d(hh, hh, 4, 2, 1),
             nn.Conv2d(hh, 2 * m, 1),
         ])
+        # checkerboard context (optional): latents with (row + col) even are "anchors", coded
+        # first under the hyperprior alone; the others also see their decoded anchor neighbours
+        self.context = cfg.get("context", 0)
+        if self.context:
+            self.ctx_conv = nn.Conv2d(m, self.context, 5, 1, 2)
+            self.ctx_out = nn.Conv2d(hh + self.context, 2 * m, 1)
         levels = len(cfg["lambdas"])
         lam = torch.tensor(cfg["lambdas"])
         start = (lam / lam[len(lam) // 2]) ** (1 / 3)  # a spread the gains refine
@@ -101,7 +108,9 @@ class Codec(nn.Module):
         self.inv_gain = nn.Parameter((1 / start)[:, None].repeat(1, m))
         self.z_log_scale = nn.Parameter(torch.zeros(levels, hz))
 
-    def hyper_synthesis(self, z_hat: torch.Tensor, quantised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def hyper_synthesis(self, z_hat: torch.Tensor, quantised: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(means, log-scales, last hidden activation) from the hyper-latents."""
         h = z_hat
         act_exp = 0
         for i, layer in enumerate(self.hs):
@@ -114,11 +123,25 @@ class Codec(nn.Module):
             else:
                 z = F.conv2d(h, w, b)
             if i < len(self.hs) - 1:
-                h = qat.hidden_activation(z, quantised)
+                h = hidden = qat.hidden_activation(z, quantised)
                 act_exp = qat.ACT_BITS
             else:
                 h = z
-        return qat.output_quantise(h[:, :self.m], h[:, self.m:], MEAN_BITS, quantised)
+        return (*qat.output_quantise(h[:, :self.m], h[:, self.m:], MEAN_BITS, quantised), hidden)
+
+    def context_parameters(self, hidden: torch.Tensor, anchors: torch.Tensor, quantised: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and log-scales of the non-anchor latents from the hyper-synthesis' hidden
+        activation and the integer anchor latents (zero elsewhere); integer-exact like it."""
+        w, b = self.ctx_conv.weight, self.ctx_conv.bias
+        if quantised:
+            w, b = qat.fake_quant_weights(w, b, 0)
+        c = qat.hidden_activation(F.conv2d(anchors, w, b, padding=2), quantised)
+        w, b = self.ctx_out.weight, self.ctx_out.bias
+        if quantised:
+            w, b = qat.fake_quant_weights(w, b, qat.ACT_BITS)
+        out = F.conv2d(torch.cat([hidden, c], 1), w, b)
+        return qat.output_quantise(out[:, :self.m], out[:, self.m:], MEAN_BITS, quantised)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
         gain = self.gain[level][:, :, None, None]
@@ -127,7 +150,14 @@ class Codec(nn.Module):
         z = self.hyper_analysis(y)
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
         z_hat = torch.clamp(qat.ste_round(z), -LATENT_CLIP, LATENT_CLIP)
-        mean, log_scale = self.hyper_synthesis(z_hat, quantised)
+        mean, log_scale, hidden = self.hyper_synthesis(z_hat, quantised)
+        if self.context:
+            anchor = anchor_mask(y.shape[2], y.shape[3])
+            rounded = qat.ste_floor(qat.ste_round(y - mean) + mean + 0.5)
+            anchors = torch.clamp(rounded, -CONTEXT_CLIP, CONTEXT_CLIP) * anchor
+            ctx_mean, ctx_log_scale = self.context_parameters(hidden, anchors, quantised)
+            mean = torch.where(anchor, mean, ctx_mean)
+            log_scale = torch.where(anchor, log_scale, ctx_log_scale)
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_hat = qat.ste_round(y - mean) + mean
         x_hat = self.synthesis(y_hat * inv_gain)
@@ -154,6 +184,25 @@ def grow_encoder(model: Codec, state: dict) -> None:
         for layer in model.analysis[old_last:old_last + shift]:
             layer.conv2.weight.zero_()
             layer.conv2.bias.zero_()
+
+
+def grow_context(model: Codec, state: dict) -> None:
+    """Warm start (as grow_encoder) from a codec without the checkerboard context: the
+    non-anchor output layer starts as the hyper-synthesis' own with zero context weights,
+    so training resumes from the same function."""
+    grow_encoder(model, state)
+    if model.context:
+        last = model.hs[-1]
+        with torch.no_grad():
+            model.ctx_out.weight.zero_()
+            model.ctx_out.weight[:, :last.weight.shape[1]] = last.weight
+            model.ctx_out.bias.copy_(last.bias)
+
+
+def anchor_mask(rows: int, cols: int) -> torch.Tensor:
+    """(1, 1, rows, cols) bool: the checkerboard's anchor latents, (row + col) even."""
+    r, c = torch.arange(rows)[:, None], torch.arange(cols)[None, :]
+    return ((r + c) % 2 == 0)[None, None]
 
 
 def gauss_bits(v: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -240,7 +289,7 @@ def main() -> None:
     model = Codec(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     lambdas = torch.tensor(cfg["lambdas"])
-    step, rng = resume(run_dir, cfg, model, opt, rng, grow_encoder)
+    step, rng = resume(run_dir, cfg, model, opt, rng, grow_context)
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
