@@ -86,13 +86,22 @@ def anchor_mask(rows: int, cols: int) -> np.ndarray:
     return (np.add.outer(np.arange(rows), np.arange(cols)) % 2) == 0
 
 
-def _context(package, hidden: np.ndarray, y8: np.ndarray, anchor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean8, table rows) of the non-anchor latents from the hyper graph's hidden
-    activation and the anchors' values ``y8`` (in 1/8 units), rounded to integers."""
-    anchors = np.clip((y8 + (1 << (MEAN_BITS - 1))) >> MEAN_BITS, -CONTEXT_CLIP, CONTEXT_CLIP) * anchor
-    (pred,) = package.graph("context").run(["pred"], {"hidden": hidden,
-                                                      "anchors": anchors[None].astype(np.float32)})
-    return _split_pred(pred)
+def _context(package, hidden: np.ndarray, y8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean8, table rows) of the non-anchor latents (other entries 0) from the hyper graph's
+    hidden activation and the anchors' values ``y8`` (1/8 units; non-anchors ignored).
+
+    The context graph works on the 2x2 polyphase grid (FORMAT.md): hidden at the
+    non-anchor phases (0, 1), (1, 0) and anchors rounded to integers at the anchor phases
+    (0, 0), (1, 1), channel-stacked; it returns pred of both non-anchor phases."""
+    anchors = np.clip((y8 + (1 << (MEAN_BITS - 1))) >> MEAN_BITS, -CONTEXT_CLIP, CONTEXT_CLIP)
+    feeds = {"hidden": np.concatenate([hidden[:, :, 0::2, 1::2], hidden[:, :, 1::2, 0::2]], axis=1),
+             "anchors": np.concatenate([anchors[:, 0::2, 0::2], anchors[:, 1::2, 1::2]])[None].astype(np.float32)}
+    (pred,) = package.graph("context").run(["pred"], feeds)
+    half = pred.shape[1] // 2
+    mean8, rows = np.zeros(y8.shape, np.int64), np.zeros(y8.shape, np.int64)
+    for phase, (r, c) in enumerate(((0, 1), (1, 0))):
+        mean8[:, r::2, c::2], rows[:, r::2, c::2] = _split_pred(pred[:, phase * half:(phase + 1) * half])
+    return mean8, rows
 
 
 def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray):
@@ -131,7 +140,7 @@ def encode_tile(package, y: np.ndarray, z: np.ndarray, quality: int) -> bytes:
     else:
         anchor = anchor_mask(*rows.shape[1:])
         enc.add_grouped(lossy.models, rows[:, anchor].ravel(), sym_y[:, anchor].ravel() + LATENT_CLIP)
-        ctx_mean8, ctx_rows = _context(package, hidden, sym_y * (1 << MEAN_BITS) + mean8, anchor)
+        ctx_mean8, ctx_rows = _context(package, hidden, sym_y * (1 << MEAN_BITS) + mean8)
         sym_y = _symbols(y[0], ctx_mean8)
         enc.add_grouped(lossy.models, ctx_rows[:, ~anchor].ravel(), sym_y[:, ~anchor].ravel() + LATENT_CLIP)
     return _HEAD.pack(z_hat.shape[2], z_hat.shape[3], y.shape[1], z_hat.shape[1]) + enc.finish()
@@ -175,7 +184,7 @@ def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, i
         y8 = np.zeros(rows.shape, np.int64)
         y8[:, anchor] = (dec.decode_grouped(lossy.models, rows[:, anchor].ravel()) - LATENT_CLIP).reshape(
             yc, -1) * (1 << MEAN_BITS) + mean8[:, anchor]
-        ctx_mean8, ctx_rows = _context(package, hidden, y8, anchor)
+        ctx_mean8, ctx_rows = _context(package, hidden, y8)
         y8[:, ~anchor] = (dec.decode_grouped(lossy.models, ctx_rows[:, ~anchor].ravel()) - LATENT_CLIP).reshape(
             yc, -1) * (1 << MEAN_BITS) + ctx_mean8[:, ~anchor]
     dec.check_finished()

@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qat  # noqa: E402
 from run import (CHECKPOINT_EVERY_S, finish, learning_rate, list_images, log_record, resume,  # noqa: E402
                  save_checkpoint, start_run)
+from pillow_nic.lossy import CONTEXT_CLIP  # noqa: E402
 from pillow_nic.metrics import MS_SSIM_WEIGHTS  # noqa: E402
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
 LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
-CONTEXT_CLIP = 31   # the context network sees anchor latents rounded to integers within +-31
 
 
 class GDN(nn.Module):
@@ -129,14 +129,18 @@ class Codec(nn.Module):
                 h = z
         return (*qat.output_quantise(h[:, :self.m], h[:, self.m:], MEAN_BITS, quantised), hidden)
 
+    def context_hidden(self, anchors: torch.Tensor, quantised: bool) -> torch.Tensor:
+        """The context network's hidden activation from the integer anchors (zero elsewhere)."""
+        w, b = self.ctx_conv.weight, self.ctx_conv.bias
+        if quantised:
+            w, b = qat.fake_quant_weights(w, b, 0)
+        return qat.hidden_activation(F.conv2d(anchors, w, b, padding=2), quantised)
+
     def context_parameters(self, hidden: torch.Tensor, anchors: torch.Tensor, quantised: bool
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and log-scales of the non-anchor latents from the hyper-synthesis' hidden
         activation and the integer anchor latents (zero elsewhere); integer-exact like it."""
-        w, b = self.ctx_conv.weight, self.ctx_conv.bias
-        if quantised:
-            w, b = qat.fake_quant_weights(w, b, 0)
-        c = qat.hidden_activation(F.conv2d(anchors, w, b, padding=2), quantised)
+        c = self.context_hidden(anchors, quantised)
         w, b = self.ctx_out.weight, self.ctx_out.bias
         if quantised:
             w, b = qat.fake_quant_weights(w, b, qat.ACT_BITS)
