@@ -23,7 +23,6 @@ from .tables import SCALE_BINS
 
 MEAN_BITS = 3
 LATENT_CLIP = 127
-CONTEXT_CLIP = 31  # the context graph sees anchor latents rounded to integers within +-31
 ALIGN = 64    # tiles are padded to multiples of this (one hyper-latent); lossy tile sizes are multiples
 MARGIN = 64   # pixels of neighbouring image the encoder sees around a tile (one hyper-latent)
 HALO = 2      # latents of neighbouring tiles the decoder sees: the synthesis reaches 2 latents, no further
@@ -65,43 +64,10 @@ def _lossy_for(package) -> _Lossy:
     return _Lossy(package)
 
 
-def _split_pred(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean8, table rows) of an integer-exact graph's (1, 2M, h, w) output."""
+def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    (pred,) = package.graph("hyper").run(["pred"], {"z": z_hat.astype(np.float32)})
     m = pred.shape[1] // 2
     return pred[0, :m].astype(np.int64), np.clip(pred[0, m:], 0, SCALE_BINS - 1).astype(np.int64)
-
-
-def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(mean8, table rows, hidden): hidden, the hyper graph's last hidden activation, only
-    for packages with a checkerboard ``context`` graph, which reads it."""
-    if "context" not in package.files:
-        (pred,) = package.graph("hyper").run(["pred"], {"z": z_hat.astype(np.float32)})
-        return (*_split_pred(pred), None)
-    pred, hidden = package.graph("hyper").run(["pred", "hidden"], {"z": z_hat.astype(np.float32)})
-    return (*_split_pred(pred), hidden)
-
-
-def anchor_mask(rows: int, cols: int) -> np.ndarray:
-    """(rows, cols) bool: a tile's checkerboard anchors, latents with row + column even."""
-    return (np.add.outer(np.arange(rows), np.arange(cols)) % 2) == 0
-
-
-def _context(package, hidden: np.ndarray, y8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean8, table rows) of the non-anchor latents (other entries 0) from the hyper graph's
-    hidden activation and the anchors' values ``y8`` (1/8 units; non-anchors ignored).
-
-    The context graph works on the 2x2 polyphase grid (FORMAT.md): hidden at the
-    non-anchor phases (0, 1), (1, 0) and anchors rounded to integers at the anchor phases
-    (0, 0), (1, 1), channel-stacked; it returns pred of both non-anchor phases."""
-    anchors = np.clip((y8 + (1 << (MEAN_BITS - 1))) >> MEAN_BITS, -CONTEXT_CLIP, CONTEXT_CLIP)
-    feeds = {"hidden": np.concatenate([hidden[:, :, 0::2, 1::2], hidden[:, :, 1::2, 0::2]], axis=1),
-             "anchors": np.concatenate([anchors[:, 0::2, 0::2], anchors[:, 1::2, 1::2]])[None].astype(np.float32)}
-    (pred,) = package.graph("context").run(["pred"], feeds)
-    half = pred.shape[1] // 2
-    mean8, rows = np.zeros(y8.shape, np.int64), np.zeros(y8.shape, np.int64)
-    for phase, (r, c) in enumerate(((0, 1), (1, 0))):
-        mean8[:, r::2, c::2], rows[:, r::2, c::2] = _split_pred(pred[:, phase * half:(phase + 1) * half])
-    return mean8, rows
 
 
 def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray):
@@ -120,29 +86,17 @@ def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray):
     return (y[:, :, oy * r:(oy + zh) * r, ox * r:(ox + zw) * r], z[:, :, oy:oy + zh, ox:ox + zw])
 
 
-def _symbols(y: np.ndarray, mean8: np.ndarray) -> np.ndarray:
-    """The coded integers round(y - mean), clamped to the tables' range."""
-    mean = mean8.astype(np.float32) / (1 << MEAN_BITS)
-    return np.clip(np.round(y - mean), -LATENT_CLIP, LATENT_CLIP).astype(np.int64)
-
-
 def encode_tile(package, y: np.ndarray, z: np.ndarray, quality: int) -> bytes:
     """Entropy-code one tile's latents (from ``_analyse``) at ``quality``."""
     lossy = _lossy_for(package)
     z_hat = np.clip(np.round(z), -LATENT_CLIP, LATENT_CLIP).astype(np.int64)
-    mean8, rows, hidden = _hyper(package, z_hat)
+    mean8, rows = _hyper(package, z_hat)
+    mean = mean8.astype(np.float32) / (1 << MEAN_BITS)
+    sym_y = np.clip(np.round(y[0] - mean), -LATENT_CLIP, LATENT_CLIP).astype(np.int64).ravel()
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], z_hat.shape[1:]).ravel()
     enc = entropy.Encoder()
     enc.add_grouped(lossy.models, z_rows, z_hat[0].ravel() + LATENT_CLIP)
-    sym_y = _symbols(y[0], mean8)
-    if hidden is None:
-        enc.add_grouped(lossy.models, rows.ravel(), sym_y.ravel() + LATENT_CLIP)
-    else:
-        anchor = anchor_mask(*rows.shape[1:])
-        enc.add_grouped(lossy.models, rows[:, anchor].ravel(), sym_y[:, anchor].ravel() + LATENT_CLIP)
-        ctx_mean8, ctx_rows = _context(package, hidden, sym_y * (1 << MEAN_BITS) + mean8)
-        sym_y = _symbols(y[0], ctx_mean8)
-        enc.add_grouped(lossy.models, ctx_rows[:, ~anchor].ravel(), sym_y[:, ~anchor].ravel() + LATENT_CLIP)
+    enc.add_grouped(lossy.models, rows.ravel(), sym_y + LATENT_CLIP)
     return _HEAD.pack(z_hat.shape[2], z_hat.shape[3], y.shape[1], z_hat.shape[1]) + enc.finish()
 
 
@@ -175,20 +129,10 @@ def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, i
     dec = entropy.Decoder(memoryview(data)[_HEAD.size:], f"tile {index}")
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], (zc, zh, zw)).ravel()
     z_hat = (dec.decode_grouped(lossy.models, z_rows) - LATENT_CLIP).reshape(1, zc, zh, zw)
-    mean8, rows, hidden = _hyper(package, z_hat)
-    if hidden is None:
-        y8 = (dec.decode_grouped(lossy.models, rows.ravel()) - LATENT_CLIP).reshape(rows.shape) * (1 << MEAN_BITS)
-        y8 += mean8
-    else:
-        anchor = anchor_mask(*rows.shape[1:])
-        y8 = np.zeros(rows.shape, np.int64)
-        y8[:, anchor] = (dec.decode_grouped(lossy.models, rows[:, anchor].ravel()) - LATENT_CLIP).reshape(
-            yc, -1) * (1 << MEAN_BITS) + mean8[:, anchor]
-        ctx_mean8, ctx_rows = _context(package, hidden, y8)
-        y8[:, ~anchor] = (dec.decode_grouped(lossy.models, ctx_rows[:, ~anchor].ravel()) - LATENT_CLIP).reshape(
-            yc, -1) * (1 << MEAN_BITS) + ctx_mean8[:, ~anchor]
+    mean8, rows = _hyper(package, z_hat)
+    sym_y = (dec.decode_grouped(lossy.models, rows.ravel()) - LATENT_CLIP).reshape(rows.shape)
     dec.check_finished()
-    return (y8.astype(np.float32) / (1 << MEAN_BITS)).astype(np.float16)[None]
+    return (sym_y + mean8.astype(np.float32) / (1 << MEAN_BITS)).astype(np.float16)[None]
 
 
 BLOCK_ROWS, BLOCK_COLS = 32, 48  # latents synthesised per call: big enough to amortise the halo,

@@ -49,15 +49,12 @@ def test_every_shipped_graph_matches_onnxruntime(path):
             shape = [1, shape[1], 4, 4]
         if inp.name == "z":
             shape = [1, shape[1], 2, 3]
-        if inp.name == "hidden":  # the hyper graph's hidden activation feeding a context graph
-            feeds[inp.name] = rng.integers(0, 256, shape).astype(np.float32)
-        else:
-            feeds[inp.name] = (rng.integers(-30, 30, shape) if inp.name in ("features", "z", "anchors")
-                               else rng.random(shape)).astype(np.float32)
+        feeds[inp.name] = (rng.integers(-30, 30, shape) if inp.name in ("features", "z")
+                           else rng.random(shape)).astype(np.float32)
     expected = session.run(None, feeds)
     got = NumpySession(path).run(None, feeds)
     for e, g in zip(expected, got):
-        if path.stem in ("hyper", "context") or path.stem.startswith(("diag", "edge")):
+        if path.stem in ("hyper",) or path.stem.startswith(("diag", "edge")):
             assert np.array_equal(e, g)  # integer-exact graphs: identical bits
         else:
             assert np.allclose(e, g, atol=1e-4)

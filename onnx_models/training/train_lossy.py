@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qat  # noqa: E402
 from run import (CHECKPOINT_EVERY_S, finish, learning_rate, list_images, log_record, resume,  # noqa: E402
                  save_checkpoint, start_run)
-from pillow_nic.lossy import CONTEXT_CLIP  # noqa: E402
 from pillow_nic.metrics import MS_SSIM_WEIGHTS  # noqa: E402
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
 LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
+CONTEXT_CLIP = 31   # the context network sees anchor latents rounded to integers within +-31
 
 
 class GDN(nn.Module):

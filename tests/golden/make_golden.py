@@ -82,6 +82,8 @@ CASES = {
     "lossless4cal_l_45x31": ("L", 45, 31, dict(lossless=True)),
     # nic-lossy-4 (8e7655690814): nic-lossy-2 fine-tuned on 256-pixel crops
     "lossy4_rgb_96x130": ("RGB", 96, 130, dict(lossless=False, quality=70, tile_size=64)),
+    # session 5: nic-lossy-5 (nic-lossy-4's architecture, trained on larger crops)
+    "lossy5_rgb_128x72": ("RGB", 128, 72, dict(lossless=False, quality=55, tile_size=64)),
 }
 
 
