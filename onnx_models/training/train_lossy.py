@@ -62,6 +62,19 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
+class PointBlock(nn.Module):
+    """x + conv1x1(relu(conv1x1(x))): decoder nonlinearity that reaches no further latents."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 1)
+        self.conv2 = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+SYNTHESIS_FIRST_UPSAMPLING = 2  # index of the synthesis' first transposed convolution without point blocks
 ANALYSIS_LAST = 6  # index of the analysis' final convolution when it has no residual blocks
 
 
@@ -81,6 +94,7 @@ class Codec(nn.Module):
         )
         self.synthesis = nn.Sequential(
             nn.Conv2d(m, d1, 3, 1, 1), GDN(d1, inverse=True),
+            *[PointBlock(d1) for _ in range(cfg.get("dec_blocks", 0))],  # at latent resolution
             nn.ConvTranspose2d(d1, d2, 8, 4, 2), GDN(d2, inverse=True),
             nn.ConvTranspose2d(d2, 3, 8, 4, 2),
         )
@@ -190,11 +204,24 @@ def grow_encoder(model: Codec, state: dict) -> None:
             layer.conv2.bias.zero_()
 
 
-def grow_context(model: Codec, state: dict) -> None:
-    """Warm start (as grow_encoder) from a codec without the checkerboard context: the
-    non-anchor output layer starts as the hyper-synthesis' own with zero context weights,
-    so training resumes from the same function."""
-    grow_encoder(model, state)
+def grow(model: Codec, state: dict) -> None:
+    """Warm start (as grow_encoder) from a codec without the decoder's point blocks or the
+    checkerboard context: new blocks end in zero convolutions, and the non-anchor output
+    layer starts as the hyper-synthesis' own with zero context weights, so training resumes
+    from the same function."""
+    blocks = sum(isinstance(layer, PointBlock) for layer in model.synthesis)
+    renamed = {}
+    for key, value in state.items():  # the source has no point blocks
+        parts = key.split(".")
+        if parts[0] == "synthesis" and int(parts[1]) >= SYNTHESIS_FIRST_UPSAMPLING:
+            parts[1] = str(int(parts[1]) + blocks)
+        renamed[".".join(parts)] = value
+    grow_encoder(model, renamed)
+    with torch.no_grad():
+        for layer in model.synthesis:
+            if isinstance(layer, PointBlock):
+                layer.conv2.weight.zero_()
+                layer.conv2.bias.zero_()
     if model.context:
         last = model.hs[-1]
         with torch.no_grad():
@@ -293,7 +320,7 @@ def main() -> None:
     model = Codec(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     lambdas = torch.tensor(cfg["lambdas"])
-    step, rng = resume(run_dir, cfg, model, opt, rng, grow_context)
+    step, rng = resume(run_dir, cfg, model, opt, rng, grow)
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
