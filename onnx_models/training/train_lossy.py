@@ -51,30 +51,25 @@ class GDN(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """x + conv(relu(conv(x))): encoder capacity that costs the decoder nothing."""
+    """x + conv(relu(conv(x))): in the encoder (3x3) capacity that costs the decoder
+    nothing; in the synthesis (1x1) nonlinearity that reaches no further latents."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, kernel: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(ch, ch, 3, 1, 1)
-        self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1)
+        self.conv1 = nn.Conv2d(ch, ch, kernel, 1, kernel // 2)
+        self.conv2 = nn.Conv2d(ch, ch, kernel, 1, kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.relu(self.conv1(x)))
 
-
-class PointBlock(nn.Module):
-    """x + conv1x1(relu(conv1x1(x))): decoder nonlinearity that reaches no further latents."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(ch, ch, 1)
-        self.conv2 = nn.Conv2d(ch, ch, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
+    def zero_residual(self) -> None:
+        """Make the block the identity (a warm start that keeps the function)."""
+        with torch.no_grad():
+            self.conv2.weight.zero_()
+            self.conv2.bias.zero_()
 
 
-SYNTHESIS_FIRST_UPSAMPLING = 2  # index of the synthesis' first transposed convolution without point blocks
+SYNTHESIS_FIRST_UPSAMPLING = 2  # index of the synthesis' first transposed convolution without residual blocks
 ANALYSIS_LAST = 6  # index of the analysis' final convolution when it has no residual blocks
 
 
@@ -94,7 +89,7 @@ class Codec(nn.Module):
         )
         self.synthesis = nn.Sequential(
             nn.Conv2d(m, d1, 3, 1, 1), GDN(d1, inverse=True),
-            *[PointBlock(d1) for _ in range(cfg.get("dec_blocks", 0))],  # at latent resolution
+            *[ResBlock(d1, kernel=1) for _ in range(cfg.get("dec_blocks", 0))],  # at latent resolution
             nn.ConvTranspose2d(d1, d2, 8, 4, 2), GDN(d2, inverse=True),
             nn.ConvTranspose2d(d2, 3, 8, 4, 2),
         )
@@ -198,30 +193,26 @@ def grow_encoder(model: Codec, state: dict) -> None:
             parts[1] = str(old_last + shift)
         own[".".join(parts)] = value
     model.load_state_dict(own)
-    with torch.no_grad():
-        for layer in model.analysis[old_last:old_last + shift]:
-            layer.conv2.weight.zero_()
-            layer.conv2.bias.zero_()
+    for layer in model.analysis[old_last:old_last + shift]:
+        layer.zero_residual()
 
 
 def grow(model: Codec, state: dict) -> None:
-    """Warm start (as grow_encoder) from a codec without the decoder's point blocks or the
+    """Warm start (as grow_encoder) from a codec without the synthesis' residual blocks or the
     checkerboard context: new blocks end in zero convolutions, and the non-anchor output
     layer starts as the hyper-synthesis' own with zero context weights, so training resumes
     from the same function."""
-    blocks = sum(isinstance(layer, PointBlock) for layer in model.synthesis)
+    blocks = sum(isinstance(layer, ResBlock) for layer in model.synthesis)
     renamed = {}
-    for key, value in state.items():  # the source has no point blocks
+    for key, value in state.items():  # the source has no synthesis blocks
         parts = key.split(".")
         if parts[0] == "synthesis" and int(parts[1]) >= SYNTHESIS_FIRST_UPSAMPLING:
             parts[1] = str(int(parts[1]) + blocks)
         renamed[".".join(parts)] = value
     grow_encoder(model, renamed)
-    with torch.no_grad():
-        for layer in model.synthesis:
-            if isinstance(layer, PointBlock):
-                layer.conv2.weight.zero_()
-                layer.conv2.bias.zero_()
+    for layer in model.synthesis:
+        if isinstance(layer, ResBlock):
+            layer.zero_residual()
     if model.context:
         last = model.hs[-1]
         with torch.no_grad():
