@@ -132,7 +132,8 @@ def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, i
     mean8, rows = _hyper(package, z_hat)
     sym_y = (dec.decode_grouped(lossy.models, rows.ravel()) - LATENT_CLIP).reshape(rows.shape)
     dec.check_finished()
-    return (sym_y + mean8.astype(np.float32) / (1 << MEAN_BITS)).astype(np.float16)[None]
+    eighths = (sym_y << MEAN_BITS) + mean8  # exact in float32, which converts twice as fast as float64
+    return (eighths.astype(np.float32) * np.float32(1 / (1 << MEAN_BITS))).astype(np.float16)[None]
 
 
 BLOCK_ROWS, BLOCK_COLS = 32, 48  # latents synthesised per call: big enough to amortise the halo,

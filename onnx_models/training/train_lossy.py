@@ -106,6 +106,7 @@ class Codec(nn.Module):
         ])
         # checkerboard context (optional): latents with (row + col) even are "anchors", coded
         # first under the hyperprior alone; the others also see their decoded anchor neighbours
+        self.revive = cfg.get("revive_dead_channels", False)  # at warm start (grow)
         self.context = cfg.get("context", 0)
         if self.context:
             self.ctx_conv = nn.Conv2d(m, self.context, 5, 1, 2)
@@ -202,6 +203,7 @@ def grow(model: Codec, state: dict) -> None:
     checkerboard context: new blocks end in zero convolutions, and the non-anchor output
     layer starts as the hyper-synthesis' own with zero context weights, so training resumes
     from the same function."""
+    state = widen_latents(model, state)
     blocks = sum(isinstance(layer, ResBlock) for layer in model.synthesis)
     renamed = {}
     for key, value in state.items():  # the source has no synthesis blocks
@@ -213,12 +215,66 @@ def grow(model: Codec, state: dict) -> None:
     for layer in model.synthesis:
         if isinstance(layer, ResBlock):
             layer.zero_residual()
+    if model.revive:
+        print(f"revived latent channels {revive_dead_channels(model)}", flush=True)
     if model.context:
         last = model.hs[-1]
         with torch.no_grad():
             model.ctx_out.weight.zero_()
             model.ctx_out.weight[:, :last.weight.shape[1]] = last.weight
             model.ctx_out.bias.copy_(last.bias)
+
+
+def widen_latents(model: Codec, state: dict) -> dict:
+    """``state`` with room for the model's latent channels beyond its own: the new
+    channels get zero gains, which makes them dead channels for ``revive_dead_channels``
+    (a config that widens the latents also revives)."""
+    old_m = state["gain"].shape[1]
+    new = model.m - old_m
+    if new == 0:
+        return state
+    if new < 0 or not model.revive:
+        raise SystemExit("latents can only be widened, and only with revive_dead_channels")
+    own = model.state_dict()
+    last = f"analysis.{max(int(k.split('.')[1]) for k in state if k.startswith('analysis.'))}"
+    out = "hs.2"
+    state = dict(state)
+    for key in (f"{last}.weight", f"{last}.bias"):  # new output filters: the model's own init
+        state[key] = torch.cat([state[key], own[key][old_m:]])
+    for key in ("synthesis.0.weight", "hyper_analysis.0.weight"):  # inputs: zero (revival sets them)
+        state[key] = torch.cat([state[key], torch.zeros_like(own[key][:, old_m:])], 1)
+    for key in ("gain", "inv_gain"):
+        state[key] = torch.cat([state[key], torch.zeros_like(own[key][:, old_m:])], 1)
+    for key in (f"{out}.weight", f"{out}.bias"):  # [means, scales]: each half widened
+        value, pad = state[key], torch.zeros_like(own[key][:new])
+        state[key] = torch.cat([value[:old_m], pad, value[old_m:], pad])
+    return state
+
+
+def revive_dead_channels(model: Codec) -> list[int]:
+    """Give latent channels whose gain collapsed a second chance; returns their indices.
+
+    A channel whose gain fell below half the median at every level is rounded to
+    zero everywhere, so no gradient reaches its synthesis weights and rate pressure keeps
+    it there: nic-lossy-5 carries 23 of 128 such channels while its top level uses the
+    other 105 on nearly every latent of detailed photos.  Revived channels get the median
+    gains, small random synthesis weights and typical predicted scales; the hyper-analysis
+    ignores them at first, so z and the other channels' parameters start unchanged."""
+    with torch.no_grad():
+        gain = model.gain.abs()
+        dead = (gain < 0.5 * gain.median(dim=1, keepdim=True).values).all(dim=0)
+        live = ~dead
+        model.gain[:, dead] = model.gain[:, live].median(dim=1, keepdim=True).values
+        model.inv_gain[:, dead] = model.inv_gain[:, live].median(dim=1, keepdim=True).values
+        first = model.synthesis[0].weight
+        first[:, dead] = 0.1 * first[:, live].std() * torch.randn_like(first[:, dead])
+        model.hyper_analysis[0].weight[:, dead] = 0
+        out, m = model.hs[-1], model.m
+        out.weight[:m][dead] = 0
+        out.bias[:m][dead] = 0
+        out.weight[m:][dead] = out.weight[m:][live].mean(dim=0)
+        out.bias[m:][dead] = out.bias[m:][live].mean()
+    return torch.nonzero(dead).flatten().tolist()
 
 
 def anchor_mask(rows: int, cols: int) -> torch.Tensor:
@@ -275,7 +331,10 @@ def distortion(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     return 255 ** 2 * ((x_hat - x) ** 2).flatten(1).mean(1)
 
 
-def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generator,
+               scales: tuple[float, float] = (0.5, 1.0)) -> np.ndarray:
+    """Random crops of every photo, downscaled by a random factor in ``scales`` (1.0: the
+    photo as the camera saw it, with the detail users' photos have)."""
     files = list_images(dirs)
     per_file = max(1, n_crops // len(files))
     per_scale = 10  # crops taken from each random downscale of a photo
@@ -285,7 +344,7 @@ def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generato
             im = im.convert("RGB")
             for i in range(per_file):
                 if i % per_scale == 0:
-                    s = rng.uniform(0.5, 1.0)
+                    s = rng.uniform(*scales)
                     w, h = max(size, round(im.width * s)), max(size, round(im.height * s))
                     small = np.asarray(im.resize((w, h), Image.LANCZOS))
                 y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
@@ -301,7 +360,7 @@ def main() -> None:
     if cache.exists():
         crops = np.load(cache)
     else:
-        crops = load_crops(cfg["data"], cfg["crops"], cfg["patch"], rng)
+        crops = load_crops(cfg["data"], cfg["crops"], cfg["patch"], rng, tuple(cfg.get("scales", (0.5, 1.0))))
         np.save(cache, crops)
     n_val = cfg["val_crops"]
     val, train = crops[:n_val], crops[n_val:]

@@ -1,0 +1,69 @@
+"""Rate of lossy checkpoints against a reference at equal PSNR, per rate level, on the
+held-out crops of one or more training runs (each run's first ``val_crops`` crops,
+as its own validation uses them; never Kodak).
+
+    python onnx_models/training/compare_lossy.py --crops lossy_v6 lossy_native_v1 \\
+        --reference checkpoints/lossy_v6_model.pt runs/lossy_v8/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_lossy import Codec  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def rate_distortion(path: Path, x: torch.Tensor) -> list[tuple[float, float]]:
+    """(bpp, PSNR) per level: the training objective's rate estimate, quantised network."""
+    state = torch.load(path)
+    model = Codec(state["config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for level in range(model.gain.shape[0]):
+            bits, sq = 0.0, 0.0
+            for batch in x.split(8):
+                x_hat, by, bz = model(batch, torch.full((len(batch),), level), True)
+                bits += (by.sum() + bz.sum()).item()
+                sq += F.mse_loss(x_hat.clamp(0, 1), batch, reduction="sum").item()
+            out.append((bits / x[:, 0].numel(), 10 * math.log10(x.numel() / sq)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--crops", nargs="+", required=True, help="run names whose held-out crops to use")
+    ap.add_argument("--reference", required=True)
+    ap.add_argument("checkpoints", nargs="+")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for run in args.crops:
+        cfg = json.loads((HERE / "runs" / run / "final.json").read_text())["config"] \
+            if (HERE / "runs" / run / "final.json").exists() else json.loads((HERE / f"{run}.json").read_text())
+        crops = np.load(HERE / "runs" / run / "crops.npy", mmap_mode="r")[:cfg["val_crops"]]
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255
+        ref = rate_distortion(HERE / args.reference, x)
+        log_rate, quality = np.log([r for r, _ in ref]), np.array([q for _, q in ref])
+        print(f"{run} held-out crops; {args.reference}: " + " ".join(f"({r:.4f}, {q:.2f})" for r, q in ref))
+        for path in args.checkpoints:
+            rd = rate_distortion(HERE / path, x)
+            change = [r / math.exp(np.interp(q, quality, log_rate, left=np.nan, right=np.nan)) - 1 for r, q in rd]
+            print(f"  {path}: " + " ".join(f"({r:.4f}, {q:.2f})" for r, q in rd)
+                  + "  rate at equal PSNR: " + " ".join(f"{c * 100:+.1f}%" for c in change))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Where a lossy checkpoint's quality is capped: per rate level, the PSNR of the
+synthesis from unquantised latents (the transform's ceiling) beside the PSNR from
+rounded latents, and how many latent channels carry anything.
+
+Images: the central 512x512 of every 10th training photo at its native resolution
+(never Kodak); these photos are seen in training, so the ceiling is, if anything,
+optimistic.
+
+    python onnx_models/training/lossy_ceiling.py onnx_models/training/checkpoints/lossy_v6_model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import ROOT, list_images  # noqa: E402
+from train_lossy import LATENT_CLIP, Codec  # noqa: E402
+
+SIZE = 512
+
+
+def central_crops(dirs: list[str], count: int) -> torch.Tensor:
+    crops = []
+    for path in list_images(dirs)[::10]:
+        with Image.open(path) as im:
+            if min(im.size) < SIZE:
+                continue
+            a = np.asarray(im.convert("RGB"))
+        y0, x0 = (a.shape[0] - SIZE) // 2, (a.shape[1] - SIZE) // 2
+        crops.append(a[y0:y0 + SIZE, x0:x0 + SIZE])
+        if len(crops) == count:
+            break
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    return 10 * math.log10(1 / F.mse_loss(x_hat.clamp(0, 1), x).item())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--images", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    state = torch.load(ROOT / args.checkpoint if not Path(args.checkpoint).is_absolute() else args.checkpoint)
+    model = Codec(state["config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    x = central_crops(state["config"]["data"], args.images)
+    print(f"{len(x)} crops of {SIZE}x{SIZE}; level: PSNR unquantised / rounded, channels used (>1 % / >10 % nonzero)")
+    with torch.no_grad():
+        y = model.analysis(x)
+        for level in range(model.gain.shape[0]):
+            gain = model.gain[level][None, :, None, None]
+            inv_gain = model.inv_gain[level][None, :, None, None]
+            z_hat = torch.clamp(torch.round(model.hyper_analysis(y * gain)), -LATENT_CLIP, LATENT_CLIP)
+            mean = model.hyper_synthesis(z_hat, quantised=True)[0]
+            symbols = torch.round(y * gain - mean)  # what the codec codes
+            rounded = symbols + mean
+            used = (symbols != 0).float().mean(dim=(0, 2, 3))
+            print(f"{level}: {psnr(model.synthesis(y * gain * inv_gain), x):.2f} / "
+                  f"{psnr(model.synthesis(rounded * inv_gain), x):.2f} dB, "
+                  f"{int((used > 0.01).sum())} / {int((used > 0.1).sum())} of {model.m}")
+
+
+if __name__ == "__main__":
+    main()
