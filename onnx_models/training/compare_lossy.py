@@ -2,7 +2,7 @@
 held-out crops of one or more training runs (each run's first ``val_crops`` crops,
 as its own validation uses them; never Kodak).
 
-    python onnx_models/training/compare_lossy.py --crops lossy_v6 lossy_native_v1 \\
+    python onnx_models/training/compare_lossy.py --crops lossy_v6 --photos 12 \\
         --reference checkpoints/lossy_v6_model.pt runs/lossy_v8/checkpoint.pt
 """
 
@@ -20,7 +20,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lossy_ceiling import SIZE, central_crops  # noqa: E402
 from train_lossy import Codec  # noqa: E402
+
+TRAINING_DATA = ["../shared/data/train", "~/.cache/nic-train-extra"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,6 +35,7 @@ def rate_distortion(path: Path, x: torch.Tensor) -> list[tuple[float, float]]:
     model.load_state_dict(state["model"])
     model.eval()
     out = []
+    torch.manual_seed(0)  # the rate estimate draws quantisation noise
     with torch.no_grad():
         for level in range(model.gain.shape[0]):
             bits, sq = 0.0, 0.0
@@ -45,19 +49,24 @@ def rate_distortion(path: Path, x: torch.Tensor) -> list[tuple[float, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--crops", nargs="+", required=True, help="run names whose held-out crops to use")
+    ap.add_argument("--crops", nargs="*", default=[], help="run names whose held-out crops to use")
+    ap.add_argument("--photos", type=int, default=0, help="also: central crops of this many photos (lossy_ceiling)")
     ap.add_argument("--reference", required=True)
     ap.add_argument("checkpoints", nargs="+")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    sets = {}
     for run in args.crops:
-        cfg = json.loads((HERE / "runs" / run / "final.json").read_text())["config"] \
-            if (HERE / "runs" / run / "final.json").exists() else json.loads((HERE / f"{run}.json").read_text())
+        cfg = json.loads((HERE / f"{run}.json").read_text())
         crops = np.load(HERE / "runs" / run / "crops.npy", mmap_mode="r")[:cfg["val_crops"]]
-        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255
+        sets[f"{run} held-out crops"] = torch.from_numpy(np.array(crops)).permute(0, 3, 1, 2).float() / 255
+    if args.photos:
+        sets[f"central {SIZE}x{SIZE} of {args.photos} photos (every 10th, native resolution)"] = \
+            central_crops(TRAINING_DATA, args.photos)
+    for name, x in sets.items():
         ref = rate_distortion(HERE / args.reference, x)
         log_rate, quality = np.log([r for r, _ in ref]), np.array([q for _, q in ref])
-        print(f"{run} held-out crops; {args.reference}: " + " ".join(f"({r:.4f}, {q:.2f})" for r, q in ref))
+        print(f"{name}; {args.reference}: " + " ".join(f"({r:.4f}, {q:.2f})" for r, q in ref))
         for path in args.checkpoints:
             rd = rate_distortion(HERE / path, x)
             change = [r / math.exp(np.interp(q, quality, log_rate, left=np.nan, right=np.nan)) - 1 for r, q in rd]

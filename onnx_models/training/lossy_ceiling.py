@@ -62,8 +62,8 @@ def main() -> None:
     with torch.no_grad():
         y = model.analysis(x)
         for level in range(model.gain.shape[0]):
-            gain = model.gain[level][None, :, None, None]
-            inv_gain = model.inv_gain[level][None, :, None, None]
+            gain = model.gain[level].abs()[None, :, None, None]
+            inv_gain = model.inv_gain[level].abs()[None, :, None, None]
             z_hat = torch.clamp(torch.round(model.hyper_analysis(y * gain)), -LATENT_CLIP, LATENT_CLIP)
             mean = model.hyper_synthesis(z_hat, quantised=True)[0]
             symbols = torch.round(y * gain - mean)  # what the codec codes

@@ -114,6 +114,8 @@ class Codec(nn.Module):
         levels = len(cfg["lambdas"])
         lam = torch.tensor(cfg["lambdas"])
         start = (lam / lam[len(lam) // 2]) ** (1 / 3)  # a spread the gains refine
+        # the package stores log |gain| (FORMAT.md), so training uses magnitudes too: a sign
+        # flip learned by a signed gain would be lost in export (nic-lossy-5's channel 60)
         self.gain = nn.Parameter(start[:, None].repeat(1, m))
         self.inv_gain = nn.Parameter((1 / start)[:, None].repeat(1, m))
         self.z_log_scale = nn.Parameter(torch.zeros(levels, hz))
@@ -158,8 +160,7 @@ class Codec(nn.Module):
         return qat.output_quantise(out[:, :self.m], out[:, self.m:], MEAN_BITS, quantised)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
-        gain = self.gain[level][:, :, None, None]
-        inv_gain = self.inv_gain[level][:, :, None, None]
+        gain, inv_gain = (g[level].abs()[:, :, None, None] for g in (self.gain, self.inv_gain))
         y = self.analysis(x) * gain
         z = self.hyper_analysis(y)
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
@@ -256,16 +257,16 @@ def revive_dead_channels(model: Codec) -> list[int]:
 
     A channel whose gain fell below half the median at every level is rounded to
     zero everywhere, so no gradient reaches its synthesis weights and rate pressure keeps
-    it there: nic-lossy-5 carries 23 of 128 such channels while its top level uses the
-    other 105 on nearly every latent of detailed photos.  Revived channels get the median
+    it there: nic-lossy-5 carries 23 of 128 such channels while its top levels use all
+    the others on detailed photos (lossy_ceiling.py).  Revived channels get the median
     gains, small random synthesis weights and typical predicted scales; the hyper-analysis
     ignores them at first, so z and the other channels' parameters start unchanged."""
     with torch.no_grad():
         gain = model.gain.abs()
         dead = (gain < 0.5 * gain.median(dim=1, keepdim=True).values).all(dim=0)
         live = ~dead
-        model.gain[:, dead] = model.gain[:, live].median(dim=1, keepdim=True).values
-        model.inv_gain[:, dead] = model.inv_gain[:, live].median(dim=1, keepdim=True).values
+        model.gain[:, dead] = gain[:, live].median(dim=1, keepdim=True).values
+        model.inv_gain[:, dead] = model.inv_gain[:, live].abs().median(dim=1, keepdim=True).values
         first = model.synthesis[0].weight
         first[:, dead] = 0.1 * first[:, live].std() * torch.randn_like(first[:, dead])
         model.hyper_analysis[0].weight[:, dead] = 0

@@ -84,6 +84,8 @@ CASES = {
     "lossy4_rgb_96x130": ("RGB", 96, 130, dict(lossless=False, quality=70, tile_size=64)),
     # session 5: nic-lossy-5 (nic-lossy-4's architecture, trained on larger crops)
     "lossy5_rgb_128x72": ("RGB", 128, 72, dict(lossless=False, quality=55, tile_size=64)),
+    # session 6: nic-lossy-6 (nic-lossy-5 trained on native-resolution crops, magnitude gains)
+    "lossy6_rgb_80x112": ("RGB", 80, 112, dict(lossless=False, quality=20, tile_size=64)),
 }
 
 
