@@ -21,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lossy_ceiling import SIZE, central_crops  # noqa: E402
-from train_lossy import Codec  # noqa: E402
+from train_lossy import load_codec  # noqa: E402
 
 TRAINING_DATA = ["../shared/data/train", "~/.cache/nic-train-extra"]
 
@@ -30,10 +30,7 @@ HERE = Path(__file__).resolve().parent
 
 def rate_distortion(path: Path, x: torch.Tensor) -> list[tuple[float, float]]:
     """(bpp, PSNR) per level: the training objective's rate estimate, quantised network."""
-    state = torch.load(path)
-    model = Codec(state["config"])
-    model.load_state_dict(state["model"])
-    model.eval()
+    model, _ = load_codec(path)
     out = []
     torch.manual_seed(0)  # the rate estimate draws quantisation noise
     with torch.no_grad():

@@ -24,7 +24,7 @@ import qat  # noqa: E402
 from export import release  # noqa: E402
 from pillow_nic import intnet, tables  # noqa: E402
 from pillow_nic.lossy import LATENT_CLIP, MEAN_BITS  # noqa: E402
-from train_lossy import Codec  # noqa: E402
+from train_lossy import Codec, load_codec  # noqa: E402
 
 
 class Encoder(nn.Module):
@@ -94,11 +94,8 @@ class IntHyper(nn.Module):
 
 
 def export_lossy(run_dir: Path, name: str) -> None:
-    state = torch.load(run_dir / "checkpoint.pt")
-    cfg = state["config"]
-    codec = Codec(cfg)
-    codec.load_state_dict(state["model"])
-    codec.eval()
+    codec, cfg = load_codec(run_dir / "checkpoint.pt")
+    step = torch.load(run_dir / "checkpoint.pt")["step"]
     if codec.context:
         raise ValueError("the checkerboard context is a training experiment, not part of the format "
                          "(RUNS.md, lossy_ctx_v1)")
@@ -128,8 +125,8 @@ def export_lossy(run_dir: Path, name: str) -> None:
                  log_inv_gain=torch.log(codec.inv_gain.abs()).numpy().astype(np.float32))
     final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").exists() else {}
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    record = dict(config=cfg, step=state["step"], final=final, log_tail=log[-3:],
-                  summary=dict(steps=state["step"], val=[r for r in log if "val" in r][-1]["val"]))
+    record = dict(config=cfg, step=step, final=final, log_tail=log[-3:],
+                  summary=dict(steps=step, val=[r for r in log if "val" in r][-1]["val"]))
     files = {role: tmp / f"{role}.onnx" for role in ("encoder", "decoder", "hyper")}
     files["tables"] = tmp / "tables.npz"
     release("lossy-ssim" if cfg.get("distortion") == "msssim" else "lossy", name, files, record)

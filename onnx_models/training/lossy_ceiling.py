@@ -24,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import ROOT, list_images  # noqa: E402
-from train_lossy import LATENT_CLIP, Codec  # noqa: E402
+from train_lossy import LATENT_CLIP, load_codec  # noqa: E402
 
 SIZE = 512
 
@@ -53,11 +53,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    state = torch.load(ROOT / args.checkpoint if not Path(args.checkpoint).is_absolute() else args.checkpoint)
-    model = Codec(state["config"])
-    model.load_state_dict(state["model"])
-    model.eval()
-    x = central_crops(state["config"]["data"], args.images)
+    model, cfg = load_codec(ROOT / args.checkpoint)
+    x = central_crops(cfg["data"], args.images)
     print(f"{len(x)} crops of {SIZE}x{SIZE}; level: PSNR unquantised / rounded, channels used (>1 % / >10 % nonzero)")
     with torch.no_grad():
         y = model.analysis(x)

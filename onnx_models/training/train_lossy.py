@@ -182,6 +182,15 @@ class Codec(nn.Module):
         return x_hat, bits_y, bits_z
 
 
+def load_codec(path: Path) -> tuple[Codec, dict]:
+    """(codec in eval mode, its config) from a run checkpoint or a model-only checkpoint."""
+    state = torch.load(path)
+    codec = Codec(state["config"])
+    codec.load_state_dict(state["model"])
+    codec.eval()
+    return codec, state["config"]
+
+
 def grow_encoder(model: Codec, state: dict) -> None:
     """Warm start from a codec with fewer encoder residual blocks: its weights, and new
     blocks whose last convolution is zero, so training resumes from the same function."""
