@@ -7,6 +7,8 @@ Images: the central 512x512 of every 10th training photo at its native resolutio
 optimistic.
 
     python onnx_models/training/lossy_ceiling.py onnx_models/training/checkpoints/lossy_v6_model.pt
+    python onnx_models/training/lossy_ceiling.py onnx_models/training/checkpoints/lossy_native_v1_model.pt \
+        --autoencoder-steps 1500
 """
 
 from __future__ import annotations
@@ -47,10 +49,33 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     return 10 * math.log10(1 / F.mse_loss(x_hat.clamp(0, 1), x).item())
 
 
+def autoencoder_ceiling(model, x: torch.Tensor, crops: np.ndarray, steps: int) -> None:
+    """Is the ceiling architectural?  Train analysis and synthesis as a plain autoencoder
+    (top level's gains, no quantisation, no rate) on 256-pixel corners of ``crops`` and
+    print the ceiling on ``x`` as it moves."""
+    gain = (model.gain[-1].abs() * model.inv_gain[-1].abs()).detach()[None, :, None, None]
+    opt = torch.optim.Adam([*model.analysis.parameters(), *model.synthesis.parameters()], lr=1e-4)
+    rng = np.random.default_rng(0)
+    for step in range(1, steps + 1):
+        batch = torch.from_numpy(np.array(crops[rng.integers(0, len(crops), 4)][:, :256, :256]))
+        batch = batch.permute(0, 3, 1, 2).float() / 255
+        loss = F.mse_loss(model.synthesis(model.analysis(batch) * gain), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 250 == 0:
+            with torch.no_grad():
+                print(f"autoencoder step {step}: {psnr(model.synthesis(model.analysis(x) * gain), x):.2f} dB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--autoencoder-steps", type=int, default=0,
+                    help="then train as a plain autoencoder on this run's crops (runs/NAME/crops.npy)")
+    ap.add_argument("--crops-of", default=None, help="run whose crops.npy the autoencoder trains on "
+                    "(default: the checkpoint's own run)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, cfg = load_codec(ROOT / args.checkpoint)
@@ -69,6 +94,10 @@ def main() -> None:
             print(f"{level}: {psnr(model.synthesis(y * gain * inv_gain), x):.2f} / "
                   f"{psnr(model.synthesis(rounded * inv_gain), x):.2f} dB, "
                   f"{int((used > 0.01).sum())} / {int((used > 0.1).sum())} of {model.m}")
+    if args.autoencoder_steps:
+        run = args.crops_of or cfg["name"]
+        crops = np.load(Path(__file__).resolve().parent / "runs" / run / "crops.npy", mmap_mode="r")
+        autoencoder_ceiling(model, x, crops, args.autoencoder_steps)
 
 
 if __name__ == "__main__":
