@@ -104,9 +104,9 @@ class Codec(nn.Module):
             nn.ConvTranspose2d(hh, hh, 4, 2, 1),
             nn.Conv2d(hh, 2 * m, 1),
         ])
+        self.revive = cfg.get("revive_dead_channels", False)  # at warm start (grow)
         # checkerboard context (optional): latents with (row + col) even are "anchors", coded
         # first under the hyperprior alone; the others also see their decoded anchor neighbours
-        self.revive = cfg.get("revive_dead_channels", False)  # at warm start (grow)
         self.context = cfg.get("context", 0)
         if self.context:
             self.ctx_conv = nn.Conv2d(m, self.context, 5, 1, 2)
@@ -247,7 +247,7 @@ def widen_latents(model: Codec, state: dict) -> dict:
         raise SystemExit("latents can only be widened, and only with revive_dead_channels")
     own = model.state_dict()
     last = f"analysis.{max(int(k.split('.')[1]) for k in state if k.startswith('analysis.'))}"
-    out = "hs.2"
+    out = f"hs.{len(model.hs) - 1}"
     state = dict(state)
     for key in (f"{last}.weight", f"{last}.bias"):  # new output filters: the model's own init
         state[key] = torch.cat([state[key], own[key][old_m:]])
@@ -341,8 +341,11 @@ def distortion(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     return 255 ** 2 * ((x_hat - x) ** 2).flatten(1).mean(1)
 
 
+DOWNSCALES = (0.5, 1.0)  # the random downscale of every run before lossy_native_v1
+
+
 def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generator,
-               scales: tuple[float, float] = (0.5, 1.0)) -> np.ndarray:
+               scales: tuple[float, float] = DOWNSCALES) -> np.ndarray:
     """Random crops of every photo, downscaled by a random factor in ``scales`` (1.0: the
     photo as the camera saw it, with the detail users' photos have)."""
     files = list_images(dirs)
@@ -370,7 +373,7 @@ def main() -> None:
     if cache.exists():
         crops = np.load(cache)
     else:
-        crops = load_crops(cfg["data"], cfg["crops"], cfg["patch"], rng, tuple(cfg.get("scales", (0.5, 1.0))))
+        crops = load_crops(cfg["data"], cfg["crops"], cfg["patch"], rng, tuple(cfg.get("scales", DOWNSCALES)))
         np.save(cache, crops)
     n_val = cfg["val_crops"]
     val, train = crops[:n_val], crops[n_val:]
