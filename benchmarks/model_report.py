@@ -2,7 +2,7 @@
 
     python benchmarks/model_report.py
 
-Multiply-adds are counted from the ONNX graphs (Conv, ConvTranspose, MatMul) with shapes
+Multiply-adds are counted from the ONNX graphs (Conv, ConvTranspose, MatMul, Gemm) with shapes
 inferred for a concrete input, then divided by the image pixels that input stands for.
 """
 
@@ -54,9 +54,10 @@ def macs(model: onnx.ModelProto, inputs: dict[str, list[int]]) -> int:
         elif node.op_type == "ConvTranspose":
             kernel = weights[node.input[1]]
             total += int(np.prod(shapes[node.input[0]])) * int(np.prod(kernel[1:]))
-        elif node.op_type == "MatMul":
+        elif node.op_type in ("MatMul", "Gemm"):
             a, b = shapes[node.input[0]], weights[node.input[1]]
-            total += int(np.prod(a)) * int(b[-1])
+            trans_b = any(attr.name == "transB" and attr.i for attr in node.attribute)
+            total += int(np.prod(a)) * int(b[0] if trans_b else b[-1])
     return total
 
 
