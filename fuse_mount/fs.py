@@ -45,8 +45,8 @@ class NicFS(fuse.Operations):
     @_translate
     def getattr(self, path, fh=None):
         attrs = self.store.getattr(path)
-        for key in ("st_atime", "st_mtime", "st_ctime"):
-            attrs[key] = int(attrs[key] * 1e9)
+        for key in ("st_atime", "st_mtime", "st_ctime"):  # use_ns: whole nanoseconds, exactly as stored
+            attrs[key] = attrs.pop(key + "_ns")
         return attrs
 
     @_translate

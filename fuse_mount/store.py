@@ -156,6 +156,8 @@ class PhotoStore:
         return serve.served_size(fmt, header.mode, header.width, header.height, meta)
 
     def getattr(self, path: str) -> dict:
+        """lstat fields of ``path`` as served (an image's decoded size), times in whole
+        nanoseconds: seconds as floats lose the last digits, and rsync -a compares them."""
         staged = self.staged.get(self._key(path))
         st = None
         if staged is not None:
@@ -170,7 +172,7 @@ class PhotoStore:
             except FileNotFoundError:
                 raise _err(errno.ENOENT, path) from None
         attrs = {k: getattr(st, k) for k in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size",
-                                             "st_atime", "st_mtime", "st_ctime")}
+                                             "st_atime_ns", "st_mtime_ns", "st_ctime_ns")}
         if nic is not None:
             try:
                 attrs["st_size"] = self._served_size(nic)

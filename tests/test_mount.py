@@ -133,7 +133,7 @@ def test_rsync(mounted, tmp_path, photo):
     make_tree(src, photo)
     subprocess.run(["rsync", "-a", f"{src}/", f"{mounted.mountpoint}/"], check=True)
     assert (mounted.backing / "sub dir" / "b c.png.nic").exists()  # written as temp + rename: still compressed
-    assert os.stat(mounted.mountpoint / "a.png").st_mtime == os.stat(src / "a.png").st_mtime
+    assert os.stat(mounted.mountpoint / "a.png").st_mtime_ns == os.stat(src / "a.png").st_mtime_ns
     back = tmp_path / "back"
     subprocess.run(["rsync", "-a", f"{mounted.mountpoint}/", f"{back}/"], check=True)
     assert np.array_equal(pixels(src / "sub dir" / "b c.png"), pixels(back / "sub dir" / "b c.png"))
