@@ -21,16 +21,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lossy_ceiling import SIZE, central_crops  # noqa: E402
+from run import images_to_tensor  # noqa: E402
 from train_lossy import load_codec  # noqa: E402
-
-TRAINING_DATA = ["../shared/data/train", "~/.cache/nic-train-extra"]
 
 HERE = Path(__file__).resolve().parent
 
 
-def rate_distortion(path: Path, x: torch.Tensor) -> list[tuple[float, float]]:
+def rate_distortion(model, x: torch.Tensor) -> list[tuple[float, float]]:
     """(bpp, PSNR) per level: the training objective's rate estimate, quantised network."""
-    model, _ = load_codec(path)
     out = []
     torch.manual_seed(0)  # the rate estimate draws quantisation noise
     with torch.no_grad():
@@ -52,20 +50,22 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    reference, state = load_codec(HERE / args.reference)
+    others = {path: load_codec(HERE / path)[0] for path in args.checkpoints}
     sets = {}
     for run in args.crops:
         cfg = json.loads((HERE / f"{run}.json").read_text())
         crops = np.load(HERE / "runs" / run / "crops.npy", mmap_mode="r")[:cfg["val_crops"]]
-        sets[f"{run} held-out crops"] = torch.from_numpy(np.array(crops)).permute(0, 3, 1, 2).float() / 255
+        sets[f"{run} held-out crops"] = images_to_tensor(np.array(crops))  # a copy: the memory map is read-only
     if args.photos:
         sets[f"central {SIZE}x{SIZE} of {args.photos} photos (every 10th, native resolution)"] = \
-            central_crops(TRAINING_DATA, args.photos)
+            central_crops(state["config"]["data"], args.photos)
     for name, x in sets.items():
-        ref = rate_distortion(HERE / args.reference, x)
+        ref = rate_distortion(reference, x)
         log_rate, quality = np.log([r for r, _ in ref]), np.array([q for _, q in ref])
         print(f"{name}; {args.reference}: " + " ".join(f"({r:.4f}, {q:.2f})" for r, q in ref))
-        for path in args.checkpoints:
-            rd = rate_distortion(HERE / path, x)
+        for path, model in others.items():
+            rd = rate_distortion(model, x)
             change = [r / math.exp(np.interp(q, quality, log_rate, left=np.nan, right=np.nan)) - 1 for r, q in rd]
             print(f"  {path}: " + " ".join(f"({r:.4f}, {q:.2f})" for r, q in rd)
                   + "  rate at equal PSNR: " + " ".join(f"{c * 100:+.1f}%" for c in change))

@@ -94,8 +94,8 @@ class IntHyper(nn.Module):
 
 
 def export_lossy(run_dir: Path, name: str) -> None:
-    codec, cfg = load_codec(run_dir / "checkpoint.pt")
-    step = torch.load(run_dir / "checkpoint.pt")["step"]
+    codec, state = load_codec(run_dir / "checkpoint.pt")
+    cfg, step = state["config"], state["step"]
     if codec.context:
         raise ValueError("the checkerboard context is a training experiment, not part of the format "
                          "(RUNS.md, lossy_ctx_v1)")

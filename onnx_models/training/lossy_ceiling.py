@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, list_images  # noqa: E402
+from run import ROOT, images_to_tensor, list_images  # noqa: E402
 from train_lossy import LATENT_CLIP, load_codec  # noqa: E402
 
 SIZE = 512
@@ -42,7 +42,7 @@ def central_crops(dirs: list[str], count: int) -> torch.Tensor:
         crops.append(a[y0:y0 + SIZE, x0:x0 + SIZE])
         if len(crops) == count:
             break
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    return images_to_tensor(np.stack(crops))
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
@@ -57,8 +57,7 @@ def autoencoder_ceiling(model, x: torch.Tensor, crops: np.ndarray, steps: int) -
     opt = torch.optim.Adam([*model.analysis.parameters(), *model.synthesis.parameters()], lr=1e-4)
     rng = np.random.default_rng(0)
     for step in range(1, steps + 1):
-        batch = torch.from_numpy(np.array(crops[rng.integers(0, len(crops), 4)][:, :256, :256]))
-        batch = batch.permute(0, 3, 1, 2).float() / 255
+        batch = images_to_tensor(crops[rng.integers(0, len(crops), 4)][:, :256, :256])
         loss = F.mse_loss(model.synthesis(model.analysis(batch) * gain), batch)
         opt.zero_grad()
         loss.backward()
@@ -78,7 +77,8 @@ def main() -> None:
                     "(default: the checkpoint's own run)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model, cfg = load_codec(ROOT / args.checkpoint)
+    model, state = load_codec(ROOT / args.checkpoint)
+    cfg = state["config"]
     x = central_crops(cfg["data"], args.images)
     print(f"{len(x)} crops of {SIZE}x{SIZE}; level: PSNR unquantised / rounded, channels used (>1 % / >10 % nonzero)")
     with torch.no_grad():

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
-from run import (CHECKPOINT_EVERY_S, finish, learning_rate, list_images, log_record, resume,  # noqa: E402
-                 save_checkpoint, start_run)
+from run import (CHECKPOINT_EVERY_S, finish, images_to_tensor, learning_rate, list_images,  # noqa: E402
+                 log_record, resume, save_checkpoint, start_run)
 from pillow_nic.metrics import MS_SSIM_WEIGHTS  # noqa: E402
 
 MEAN_BITS = 3       # latent means on a 1/8 grid
@@ -183,12 +183,13 @@ class Codec(nn.Module):
 
 
 def load_codec(path: Path) -> tuple[Codec, dict]:
-    """(codec in eval mode, its config) from a run checkpoint or a model-only checkpoint."""
+    """(codec in eval mode, the checkpoint: its "config", "step", ...) from a run checkpoint
+    or a model-only checkpoint."""
     state = torch.load(path)
     codec = Codec(state["config"])
     codec.load_state_dict(state["model"])
     codec.eval()
-    return codec, state["config"]
+    return codec, state
 
 
 def grow_encoder(model: Codec, state: dict) -> None:
@@ -212,7 +213,8 @@ def grow(model: Codec, state: dict) -> None:
     """Warm start (as grow_encoder) from a codec without the synthesis' residual blocks or the
     checkerboard context: new blocks end in zero convolutions, and the non-anchor output
     layer starts as the hyper-synthesis' own with zero context weights, so training resumes
-    from the same function."""
+    from the same function.  Widened latents and revived channels (``revive_dead_channels``)
+    are the exception: they start with small random weights, so step 0 codes at a higher rate."""
     state = widen_latents(model, state)
     blocks = sum(isinstance(layer, ResBlock) for layer in model.synthesis)
     renamed = {}
@@ -392,7 +394,7 @@ def main() -> None:
         model.eval()
         out = []
         with torch.no_grad():
-            x = torch.from_numpy(val).permute(0, 3, 1, 2).float() / 255
+            x = images_to_tensor(val)
             for lv in range(len(cfg["lambdas"])):
                 level = torch.full((len(x),), lv, dtype=torch.long)
                 x_hat, by, bz = model(x, level, step >= qat_from)
@@ -414,7 +416,7 @@ def main() -> None:
         batch = train[idx]
         if rng.random() < 0.5:
             batch = batch[:, :, ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255
+        x = images_to_tensor(batch)
         level = torch.from_numpy(rng.integers(0, len(cfg["lambdas"]), b))
         x_hat, by, bz = model(x, level, quantised)
         pixels = x.shape[2] * x.shape[3]

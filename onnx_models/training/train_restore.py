@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (CHECKPOINT_EVERY_S, finish, learning_rate, log_record, resume,  # noqa: E402
-                 save_checkpoint, start_run)
+from run import (CHECKPOINT_EVERY_S, finish, images_to_tensor, learning_rate, log_record,  # noqa: E402
+                 resume, save_checkpoint, start_run)
 from train_lossy import load_crops  # noqa: E402
 
 
@@ -100,13 +100,10 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     step, rng = resume(run_dir, cfg, model, opt, rng, grow_from)
 
-    def to_tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255
-
     def evaluate() -> dict:
         model.eval()
         with torch.no_grad():
-            x, y = to_tensor(val_in), to_tensor(val)
+            x, y = images_to_tensor(val_in), images_to_tensor(val)
             out = model(x, torch.full((len(x), 1, 1, 1), val_q / 100))
             base = F.mse_loss(x, y).item()
             mse = F.mse_loss(torch.round(out * 255) / 255, y).item()
@@ -130,7 +127,7 @@ def main() -> None:
             clean.append(c)
             dirty.append(degrade(np.ascontiguousarray(c), codec, q))
             qs.append(q / 100)
-        x, y = to_tensor(np.stack(dirty)), to_tensor(np.stack(clean))
+        x, y = images_to_tensor(np.stack(dirty)), images_to_tensor(np.stack(clean))
         out = model(x, torch.tensor(qs, dtype=torch.float32)[:, None, None, None])
         loss = F.mse_loss(out, y)
         opt.zero_grad()
