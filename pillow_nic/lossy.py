@@ -42,6 +42,14 @@ class _Lossy:
         self.log_gain = t["log_gain"].astype(np.float64)
         self.log_inv_gain = t["log_inv_gain"].astype(np.float64)
         self.levels = self.z_rows.shape[0]
+        # latents predicted in rows below this are certain zeros: not coded (FORMAT.md)
+        self.uncoded_rows = int(t["uncoded_rows"]) if "uncoded_rows" in t else 0
+        if not 0 <= self.uncoded_rows <= SCALE_BINS:
+            raise NicError(f"lossy model names {self.uncoded_rows} uncoded table rows")
+
+    def coded(self, rows: np.ndarray) -> np.ndarray | slice:
+        """Which of the latents with these table rows are entropy coded."""
+        return rows >= self.uncoded_rows if self.uncoded_rows else slice(None)
 
     def level_position(self, quality: int) -> float:
         return (quality - 1) / 99 * (self.levels - 1)
@@ -93,10 +101,12 @@ def encode_tile(package, y: np.ndarray, z: np.ndarray, quality: int) -> bytes:
     mean8, rows = _hyper(package, z_hat)
     mean = mean8.astype(np.float32) / (1 << MEAN_BITS)
     sym_y = np.clip(np.round(y[0] - mean), -LATENT_CLIP, LATENT_CLIP).astype(np.int64).ravel()
+    rows = rows.ravel()
+    coded = lossy.coded(rows)
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], z_hat.shape[1:]).ravel()
     enc = entropy.Encoder()
     enc.add_grouped(lossy.models, z_rows, z_hat[0].ravel() + LATENT_CLIP)
-    enc.add_grouped(lossy.models, rows.ravel(), sym_y + LATENT_CLIP)
+    enc.add_grouped(lossy.models, rows[coded], sym_y[coded] + LATENT_CLIP)
     return _HEAD.pack(z_hat.shape[2], z_hat.shape[3], y.shape[1], z_hat.shape[1]) + enc.finish()
 
 
@@ -130,7 +140,11 @@ def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, i
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], (zc, zh, zw)).ravel()
     z_hat = (dec.decode_grouped(lossy.models, z_rows) - LATENT_CLIP).reshape(1, zc, zh, zw)
     mean8, rows = _hyper(package, z_hat)
-    sym_y = (dec.decode_grouped(lossy.models, rows.ravel()) - LATENT_CLIP).reshape(rows.shape)
+    flat = rows.ravel()
+    coded = lossy.coded(flat)
+    sym_y = np.zeros(flat.size, np.int64)
+    sym_y[coded] = dec.decode_grouped(lossy.models, flat[coded]) - LATENT_CLIP
+    sym_y = sym_y.reshape(rows.shape)
     dec.check_finished()
     eighths = (sym_y << MEAN_BITS) + mean8  # exact in float32, which converts twice as fast as float64
     return (eighths.astype(np.float32) * np.float32(1 / (1 << MEAN_BITS))).astype(np.float16)[None]

@@ -194,3 +194,42 @@ def test_layer_naming_a_package_of_another_kind_is_refused(crop):
     container.write(out, header, payloads, {})
     with pytest.raises(pillow_nic.NicError, match="cannot decode this layer"):
         pillow_nic.decode(out.getvalue())
+
+
+class _WithUncodedRows:
+    """A released lossy package seen with another ``uncoded_rows`` in its tables."""
+
+    def __init__(self, package, uncoded_rows: int):
+        self.package = package
+        self.tables = dict(package.tables, uncoded_rows=np.int32(uncoded_rows))
+
+    def graph(self, role: str, keep_buffers: bool = False):
+        return self.package.graph(role, keep_buffers)
+
+
+def test_latents_in_uncoded_rows_are_zero_and_cost_nothing(crop):
+    """With ``uncoded_rows`` the latents predicted in the lowest table rows are not coded:
+    they decode as their mean exactly, every other latent decodes as before, and the
+    payload is no larger."""
+    package = models.default_model("lossy")
+    tile = crop[:128, :192]
+    gain, _ = lossy._lossy_for(package).gains(100)
+    y, z = lossy._analyse(package, tile, (0, 0, 192, 128), gain)
+    _, rows = lossy._hyper(package, np.clip(np.round(z), -127, 127).astype(np.int64))
+    skipping = _WithUncodedRows(package, 5)
+    coded = [lossy.encode_tile(p, y, z, 100) for p in (package, skipping)]
+    full, skipped = (lossy.decode_latents(p, d, (128, 192), 100, 0)[0].astype(np.float32)
+                     for p, d in zip((package, skipping), coded))
+    uncoded = rows < 5
+    assert 0.01 < uncoded.mean() < 0.99  # the test covers both kinds of latents
+    mean8, _ = lossy._hyper(package, np.clip(np.round(z), -127, 127).astype(np.int64))
+    np.testing.assert_array_equal(skipped[uncoded], mean8[uncoded] / 8)
+    np.testing.assert_array_equal(skipped[~uncoded], full[~uncoded])
+    assert len(coded[1]) <= len(coded[0])
+
+
+@pytest.mark.parametrize("value", [-1, 65])
+def test_uncoded_rows_outside_the_table_family_are_refused(value):
+    package = _WithUncodedRows(models.default_model("lossy"), value)
+    with pytest.raises(pillow_nic.NicError, match="uncoded table rows"):
+        lossy._Lossy(package)

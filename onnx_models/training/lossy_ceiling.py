@@ -54,17 +54,18 @@ def autoencoder_ceiling(model, x: torch.Tensor, crops: np.ndarray, steps: int) -
     (top level's gains, no quantisation, no rate) on 256-pixel corners of ``crops`` and
     print the ceiling on ``x`` as it moves."""
     gain = (model.gain[-1].abs() * model.inv_gain[-1].abs()).detach()[None, :, None, None]
-    opt = torch.optim.Adam([*model.analysis.parameters(), *model.synthesis.parameters()], lr=1e-4)
+    transform = [p for name, p in model.named_parameters() if name.startswith(("analysis", "synthesis", "detail_"))]
+    opt = torch.optim.Adam(transform, lr=1e-4)
     rng = np.random.default_rng(0)
     for step in range(1, steps + 1):
         batch = images_to_tensor(crops[rng.integers(0, len(crops), 4)][:, :256, :256])
-        loss = F.mse_loss(model.synthesis(model.analysis(batch) * gain), batch)
+        loss = F.mse_loss(model.synthesise(model.analyse(batch) * gain), batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 250 == 0:
             with torch.no_grad():
-                print(f"autoencoder step {step}: {psnr(model.synthesis(model.analysis(x) * gain), x):.2f} dB")
+                print(f"autoencoder step {step}: {psnr(model.synthesise(model.analyse(x) * gain), x):.2f} dB")
 
 
 def main() -> None:
@@ -82,7 +83,7 @@ def main() -> None:
     x = central_crops(cfg["data"], args.images)
     print(f"{len(x)} crops of {SIZE}x{SIZE}; level: PSNR unquantised / rounded, channels used (>1 % / >10 % nonzero)")
     with torch.no_grad():
-        y = model.analysis(x)
+        y = model.analyse(x)
         for level in range(model.gain.shape[0]):
             gain = model.gain[level].abs()[None, :, None, None]
             inv_gain = model.inv_gain[level].abs()[None, :, None, None]
@@ -91,8 +92,8 @@ def main() -> None:
             symbols = torch.round(y * gain - mean)  # what the codec codes
             rounded = symbols + mean
             used = (symbols != 0).float().mean(dim=(0, 2, 3))
-            print(f"{level}: {psnr(model.synthesis(y * gain * inv_gain), x):.2f} / "
-                  f"{psnr(model.synthesis(rounded * inv_gain), x):.2f} dB, "
+            print(f"{level}: {psnr(model.synthesise(y * gain * inv_gain), x):.2f} / "
+                  f"{psnr(model.synthesise(rounded * inv_gain), x):.2f} dB, "
                   f"{int((used > 0.01).sum())} / {int((used > 0.1).sum())} of {model.m}")
     if args.autoencoder_steps:
         run = args.crops_of or cfg["name"]

@@ -104,6 +104,13 @@ class Codec(nn.Module):
             nn.ConvTranspose2d(hh, hh, 4, 2, 1),
             nn.Conv2d(hh, 2 * m, 1),
         ])
+        # detail channels (optional): the last ``detail`` latents also pass through a linear
+        # one-layer path, a 16x16 block basis, straight to the pixels; the shallow synthesis
+        # alone caps quality near a 128-term block PCA (lossy_ceiling.py, RUNS.md session 7)
+        self.detail = cfg.get("detail_channels", 0)
+        if self.detail:
+            self.detail_analysis = nn.Conv2d(3, self.detail, 16, 16)
+            self.detail_synthesis = nn.ConvTranspose2d(self.detail, 3, 16, 16, bias=False)
         self.revive = cfg.get("revive_dead_channels", False)  # at warm start (grow)
         # checkerboard context (optional): latents with (row + col) even are "anchors", coded
         # first under the hyperprior alone; the others also see their decoded anchor neighbours
@@ -119,6 +126,18 @@ class Codec(nn.Module):
         self.gain = nn.Parameter(start[:, None].repeat(1, m))
         self.inv_gain = nn.Parameter((1 / start)[:, None].repeat(1, m))
         self.z_log_scale = nn.Parameter(torch.zeros(levels, hz))
+
+    def analyse(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents before gains (the detail channels add their block projection)."""
+        y = self.analysis(x)
+        if not self.detail:
+            return y
+        return torch.cat([y[:, :-self.detail], y[:, -self.detail:] + self.detail_analysis(x)], 1)
+
+    def synthesise(self, latents: torch.Tensor) -> torch.Tensor:
+        """Image from dequantised latents (after the inverse gains)."""
+        x = self.synthesis(latents)
+        return x + self.detail_synthesis(latents[:, -self.detail:]) if self.detail else x
 
     def hyper_synthesis(self, z_hat: torch.Tensor, quantised: bool
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,7 +180,7 @@ class Codec(nn.Module):
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
         gain, inv_gain = (g[level].abs()[:, :, None, None] for g in (self.gain, self.inv_gain))
-        y = self.analysis(x) * gain
+        y = self.analyse(x) * gain
         z = self.hyper_analysis(y)
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
         z_hat = torch.clamp(qat.ste_round(z), -LATENT_CLIP, LATENT_CLIP)
@@ -175,7 +194,7 @@ class Codec(nn.Module):
             log_scale = torch.where(anchor, log_scale, ctx_log_scale)
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_hat = qat.ste_round(y - mean) + mean
-        x_hat = self.synthesis(y_hat * inv_gain)
+        x_hat = self.synthesise(y_hat * inv_gain)
         bits_y = gauss_bits(y_noisy - mean, log_scale)
         z_ls = self.z_log_scale[level][:, :, None, None].expand_as(z)
         bits_z = gauss_bits(z_noisy, z_ls)
@@ -274,7 +293,9 @@ def revive_dead_channels(model: Codec) -> list[int]:
     ignores them at first, so z and the other channels' parameters start unchanged."""
     with torch.no_grad():
         gain = model.gain.abs()
-        dead = (gain < 0.5 * gain.median(dim=1, keepdim=True).values).all(dim=0)
+        # the median of the channels with any gain: widening by m or more adds a majority of zeros
+        typical = gain.where(gain > 0, torch.nan).nanmedian(dim=1, keepdim=True).values
+        dead = (gain < 0.5 * typical).all(dim=0)
         live = ~dead
         model.gain[:, dead] = gain[:, live].median(dim=1, keepdim=True).values
         model.inv_gain[:, dead] = model.inv_gain[:, live].abs().median(dim=1, keepdim=True).values
@@ -287,6 +308,61 @@ def revive_dead_channels(model: Codec) -> list[int]:
         out.weight[m:][dead] = out.weight[m:][live].mean(dim=0)
         out.bias[m:][dead] = out.bias[m:][live].mean()
     return torch.nonzero(dead).flatten().tolist()
+
+
+def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1) -> None:
+    """Start the detail channels as a block PCA of what the warm-started codec misses.
+
+    The residual of the top level's unquantised reconstruction on ``crops`` (16x16 blocks)
+    gives the basis (the detail synthesis); a least-squares map from the image blocks to
+    the basis coefficients gives the detail analysis.  The inverse gains are set to
+    1 / gain, so the coefficients reach the synthesis unscaled, and the top level rounds
+    them in steps of ``top_step``.  The new channels' share of the main analysis and
+    synthesis starts at zero."""
+    d, b = model.detail, 16
+    rng = np.random.default_rng(0)
+    picks = crops[np.sort(rng.choice(len(crops), min(len(crops), 192), replace=False))]
+    gain_top = (model.gain[-1].abs() * model.inv_gain[-1].abs())[None, :, None, None]
+    xs, rs = [], []
+    with torch.no_grad():
+        for i in range(0, len(picks), 8):
+            x = images_to_tensor(picks[i:i + 8][:, :256, :256])
+            y = model.analysis(x)
+            y[:, -d:] = 0
+            r = x - model.synthesis(y * gain_top)
+
+            def blocks(a: torch.Tensor) -> np.ndarray:
+                n, c, h, w = a.shape
+                return a.reshape(n, c, h // b, b, w // b, b).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * b * b).numpy()
+            xs.append(blocks(x))
+            rs.append(blocks(r))
+    xb, rb = np.concatenate(xs).astype(np.float64), np.concatenate(rs).astype(np.float64)
+    basis = np.ascontiguousarray(np.linalg.eigh(np.cov(rb.T))[1][:, ::-1][:, :d])  # (3*16*16, d), orthonormal
+    coeffs = rb @ basis
+    design = np.c_[xb, np.ones(len(xb))]
+    fit = np.linalg.lstsq(design, coeffs, rcond=None)[0]  # (3*16*16 + 1, d)
+    with torch.no_grad():
+        g_top = model.gain[-1, -d:].abs()
+        scale = 1 / (top_step * g_top)  # y = coefficient * scale: steps of top_step at the top level
+        model.detail_analysis.weight.copy_(torch.from_numpy(fit[:-1].T).float().reshape(d, 3, b, b)
+                                           * scale[:, None, None, None])
+        model.detail_analysis.bias.copy_(torch.from_numpy(fit[-1]).float() * scale)
+        model.detail_synthesis.weight.copy_(torch.from_numpy(basis.T).float().reshape(d, 3, b, b)
+                                            / scale[:, None, None, None])
+        model.inv_gain[:, -d:] = 1 / model.gain[:, -d:].abs()
+        last = model.analysis[-1]
+        last.weight[-d:] = 0
+        last.bias[-d:] = 0
+        model.synthesis[0].weight[:, -d:] = 0
+        # predicted scales: the coefficients' spread at the middle level, blind to z at first
+        out, m = model.hs[-1], model.m
+        spread = torch.from_numpy(coeffs.std(axis=0)).float() * scale * model.gain[len(model.gain) // 2, -d:].abs()
+        out.weight[2 * m - d:] = 0
+        out.bias[2 * m - d:] = torch.log(spread)
+        out.weight[m - d:m] = 0
+        out.bias[m - d:m] = 0
+    explained = 1 - ((rb - coeffs @ basis.T) ** 2).mean() / (rb ** 2).mean()
+    print(f"detail channels: basis of {d} explains {explained:.1%} of the residual", flush=True)
 
 
 def anchor_mask(rows: int, cols: int) -> torch.Tensor:
@@ -386,6 +462,8 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     lambdas = torch.tensor(cfg["lambdas"])
     step, rng = resume(run_dir, cfg, model, opt, rng, grow)
+    if step == 0 and model.detail and cfg.get("init_from"):
+        init_detail_channels(model, train)
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
