@@ -170,8 +170,8 @@ class PassContext:
         self._earlier: list[np.ndarray] = []  # per earlier plane: (5, n) cross features
 
     def features(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features (n, F) float32 holding integers, base prediction (n,) int32)
-        for the next plane."""
+        """(features, feature-major (F, n) float32 holding integers, base prediction
+        (n,) int32) for the next plane."""
         blocks = _neighbour_blocks(plane, self.p)
         n = sum(b[0].size for b in blocks if b)
         width = num_features(self.p.kind, len(self._earlier))
@@ -196,8 +196,7 @@ class PassContext:
         columns[col] = self.p.level
         self._nearest_diffs = columns[list(nearest)].astype(np.int32)
         self._base = base
-        feats = np.ascontiguousarray(columns.T)
-        return feats, base
+        return columns, base
 
     def add_coded(self, plane: np.ndarray) -> None:
         """Record the just-coded plane's values at the targets for later planes."""

@@ -19,7 +19,7 @@ from functools import cached_property, lru_cache
 import constriction
 import numpy as np
 
-from . import entropy, interlace
+from . import entropy, interlace, intnet
 from .colour import rgb_to_ycocg, ycocg_to_rgb
 from .container import NicError
 from .lossless_model import PLANES, model_key
@@ -92,12 +92,31 @@ def _tables_for(package) -> _Tables:
 PREDICT_CHUNK = {"onnxruntime": 2048, "numpy": 1 << 16}
 
 
-def _predict(package, key: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean in 1/offsets levels, table row) per pixel, integers."""
+@lru_cache(maxsize=8)
+def _compiled(package) -> dict[str, intnet.CompiledNetwork] | None:
+    """The package's networks for the compiled kernel, where it is built and the package
+    runs on ONNX Runtime (the NumPy runtime stays the dependency-free path); None where
+    not, or where a graph is not of the form the kernel runs (ONNX Runtime runs it)."""
+    if package.runtime != "onnxruntime" or not intnet.compiled_available():
+        return None
+    try:
+        return {key: intnet.CompiledNetwork(intnet.layers_from_graph(path))
+                for key, path in package.files.items() if key != "tables"}
+    except ValueError:
+        return None
+
+
+def _predict(package, key: str, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean in 1/offsets levels, table row) per pixel, integers, from feature-major columns."""
+    compiled = _compiled(package)
+    if compiled is not None:
+        mean_q, row = compiled[key].run(columns)
+        return mean_q.astype(np.int64), np.clip(row, 0, SCALE_BINS - 1).astype(np.int64)
     graph = package.graph(key)
     chunk = PREDICT_CHUNK[package.runtime]
-    pred = np.concatenate([graph.run(["pred"], {"features": feats[i:i + chunk]})[0]
-                           for i in range(0, max(len(feats), 1), chunk)]).astype(np.int64)
+    n = columns.shape[1]
+    pred = np.concatenate([graph.run(["pred"], {"features": np.ascontiguousarray(columns[:, i:i + chunk].T)})[0]
+                           for i in range(0, max(n, 1), chunk)]).astype(np.int64)
     return pred[:, 0], np.clip(pred[:, 1], 0, SCALE_BINS - 1)
 
 
@@ -159,8 +178,8 @@ def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables):
     for p in interlace.passes(h, w, tables.schedule):
         ctx = interlace.PassContext(p)
         for plane, spec in zip(planes, specs):
-            feats, base = ctx.features(plane)
-            mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), feats)
+            columns, base = ctx.features(plane)
+            mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), columns)
             centre, table = _centres_and_tables(base, mean_q, row, spec, tables)
             yield p, plane, spec, centre, table
             ctx.add_coded(plane)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pillow_nic
-from pillow_nic import container, interlace, lossless, models
+from pillow_nic import container, interlace, intnet, lossless, models
 from pillow_nic.colour import rgb_to_ycocg, ycocg_to_rgb
 from conftest import SAMPLE, image_for_mode, kodak_files, needs_kodak
 
@@ -56,7 +56,7 @@ def test_contexts_see_only_coded_pixels(schedule):
             scrambled = np.where(known, plane, rng.integers(0, 256, (h, w))).astype(np.int32)
             expected, base = interlace.PassContext(p).features(plane)
             got, got_base = interlace.PassContext(p).features(scrambled)
-            assert expected.shape[1] == interlace.num_features(p.kind, 0)
+            assert expected.shape[0] == interlace.num_features(p.kind, 0)
             assert np.array_equal(expected, got) and np.array_equal(base, got_base), (h, w, p)
             for view in interlace.target_views(known, p):
                 view[...] = True
@@ -169,3 +169,22 @@ def test_calibration_pays_on_noise_the_network_misjudges(photo):
     assert len(calibrated) < 0.98 * len(plain)
     for payload, flag in ((plain, False), (calibrated, True)):
         assert np.array_equal(lossless.decode_tile(package, payload, grainy.shape, 0, calibrated=flag), grainy)
+
+
+@pytest.mark.skipif(not intnet.compiled_available(), reason="the compiled kernel is not built here")
+def test_compiled_kernel_codes_the_same_bits_as_onnxruntime(photo, monkeypatch):
+    """Where the compiled kernel runs the released networks, files are byte for byte those
+    ONNX Runtime's float graphs give, and each decodes the other's."""
+    pytest.importorskip("onnxruntime")
+    package = models.default_model("lossless", "onnxruntime")
+    assert lossless._compiled(package) is not None  # the released graphs are of the kernel's form
+    compiled = pillow_nic.encode(photo, "RGB", lossless=True, runtime="onnxruntime")
+    monkeypatch.setenv("NIC_KERNEL", "0")
+    lossless._compiled.cache_clear()
+    try:
+        assert lossless._compiled(package) is None
+        graphs = pillow_nic.encode(photo, "RGB", lossless=True, runtime="onnxruntime")
+        assert compiled == graphs
+        assert np.array_equal(pillow_nic.decode(compiled, runtime="onnxruntime").pixels, photo)
+    finally:
+        lossless._compiled.cache_clear()

@@ -62,7 +62,7 @@ def extract(files: list[Path], crop: int, keep: float, rng: np.random.Generator,
                         sel = rng.random(len(base)) < keep
                     target = interlace.target_values(plane, p) - base
                     fl, tl = pools[model_key(p.kind, c)]
-                    fl.append(feats[sel].astype(np.int16))
+                    fl.append(feats[:, sel].T.astype(np.int16))
                     tl.append(target[sel].astype(np.int16))
                     ctx.add_coded(plane)
     return {k: (np.concatenate(f), np.concatenate(t)) for k, (f, t) in pools.items()}

@@ -310,14 +310,22 @@ def revive_dead_channels(model: Codec) -> list[int]:
     return torch.nonzero(dead).flatten().tolist()
 
 
-def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1) -> None:
+def y_spread(model: Codec, crops: np.ndarray, level: int) -> np.ndarray:
+    """Per latent channel, the standard deviation of the gain-scaled latents on ``crops``."""
+    with torch.no_grad():
+        y = torch.cat([model.analyse(images_to_tensor(crops[i:i + 8][:, :256, :256]))
+                       for i in range(0, len(crops), 8)])
+    return (y * model.gain[level].abs()[None, :, None, None]).std(dim=(0, 2, 3)).numpy()
+
+
+def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1, ramp: float = 2.5) -> None:
     """Start the detail channels as a block PCA of what the warm-started codec misses.
 
     The residual of the top level's unquantised reconstruction on ``crops`` (16x16 blocks)
     gives the basis (the detail synthesis); a least-squares map from the image blocks to
     the basis coefficients gives the detail analysis.  The inverse gains are set to
     1 / gain, so the coefficients reach the synthesis unscaled, and the top level rounds
-    them in steps of ``top_step``.  The new channels' share of the main analysis and
+    them in steps of ``top_step``, each level below in ``ramp`` times coarser steps.  The new channels' share of the main analysis and
     synthesis starts at zero."""
     d, b = model.detail, 16
     rng = np.random.default_rng(0)
@@ -349,16 +357,21 @@ def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1)
         model.detail_analysis.bias.copy_(torch.from_numpy(fit[-1]).float() * scale)
         model.detail_synthesis.weight.copy_(torch.from_numpy(basis.T).float().reshape(d, 3, b, b)
                                             / scale[:, None, None, None])
-        model.inv_gain[:, -d:] = 1 / model.gain[:, -d:].abs()
+        below_top = torch.arange(len(model.gain) - 1, -1, -1, dtype=torch.float32)[:, None]
+        model.gain[:, -d:] = g_top * ramp ** -below_top  # coarser steps at lower levels
+        model.inv_gain[:, -d:] = 1 / model.gain[:, -d:]
         last = model.analysis[-1]
         last.weight[-d:] = 0
         last.bias[-d:] = 0
         model.synthesis[0].weight[:, -d:] = 0
-        # predicted scales: the coefficients' spread at the middle level, blind to z at first
+        # predicted scales: revival gave them the live channels' mean scale row, which follows
+        # the level and the content through z; shift it to the coefficients' spread
         out, m = model.hs[-1], model.m
-        spread = torch.from_numpy(coeffs.std(axis=0)).float() * scale * model.gain[len(model.gain) // 2, -d:].abs()
-        out.weight[2 * m - d:] = 0
-        out.bias[2 * m - d:] = torch.log(spread)
+        level = len(model.gain) // 2
+        spread = torch.from_numpy(coeffs.std(axis=0)).float() * scale * model.gain[level, -d:].abs()
+        live = (model.gain[level, :-d].abs() > 0.5 * model.gain[level, :-d].abs().median())
+        typical = torch.from_numpy(y_spread(model, picks, level)).float()[:-d][live].median()
+        out.bias[2 * m - d:] += torch.log(spread / typical)
         out.weight[m - d:m] = 0
         out.bias[m - d:m] = 0
     explained = 1 - ((rb - coeffs @ basis.T) ** 2).mean() / (rb ** 2).mean()

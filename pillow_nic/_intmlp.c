@@ -1,0 +1,224 @@
+/* Compiled evaluation of the lossless predictor's integer MLPs (pillow_nic.intnet's contract).
+ *
+ * A network is three layers, fan_in -> hidden -> hidden -> 2: z = x . w + b, then
+ * floor(z / 2**shift) per output column (an arithmetic right shift), hidden layers clipped to
+ * [0, cap].  Every value is an integer and every sum stays below 2**24 (checked when the
+ * network is built), so int32 arithmetic gives exactly what ONNX Runtime's float32 graph and
+ * the NumPy runtime give: the choice of implementation never changes a decoded bit.
+ *
+ * Weights arrive as int16 pairs packed in int32 words (w[o * pairs + p] holds the weights of
+ * inputs 2p and 2p+1 of output o), the layout of the AVX-512 VNNI instruction vpdpwssd,
+ * which multiplies and adds 32 int16 pairs into 16 int32 lanes, one row per lane.  CPUs
+ * without it take a portable loop over the same words.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_PAIRS 32 /* up to 64 inputs or hidden units */
+#define LANES 16
+
+typedef struct {
+    int fan_in, hidden, cap;
+    const int32_t *w[3], *b[3], *shift[3];
+} Network;
+
+static inline int16_t low_half(int32_t word) { return (int16_t)(word & 0xFFFF); }
+static inline int16_t high_half(int32_t word) { return (int16_t)((uint32_t)word >> 16); }
+
+/* Pack 16 rows of feature-major float columns (integers) into pair words, pair-major. */
+static void pack_rows(const float *columns, int n_features, int64_t n_rows, int64_t r0, int m,
+                      int32_t *x) {
+    int pairs = (n_features + 1) / 2;
+    for (int p = 0; p < pairs; p++) {
+        const float *c0 = columns + (int64_t)(2 * p) * n_rows + r0;
+        const float *c1 = 2 * p + 1 < n_features ? columns + (int64_t)(2 * p + 1) * n_rows + r0 : NULL;
+        for (int r = 0; r < LANES; r++) {
+            int32_t v0 = r < m ? (int32_t)c0[r] : 0;
+            int32_t v1 = (r < m && c1) ? (int32_t)c1[r] : 0;
+            x[p * LANES + r] = (int32_t)(((uint32_t)v0 & 0xFFFF) | ((uint32_t)v1 << 16));
+        }
+    }
+}
+
+/* Portable layer over LANES rows: the same words, one row at a time. */
+static void layer_portable(const int32_t *in, int pairs, const int32_t *w, const int32_t *b,
+                           const int32_t *shift, int n_out, int cap, int32_t *out, int last) {
+    for (int o = 0; o < n_out; o++) {
+        for (int r = 0; r < LANES; r++) {
+            int32_t z = b[o];
+            for (int p = 0; p < pairs; p++) {
+                int32_t xw = in[p * LANES + r], ww = w[o * pairs + p];
+                z += (int32_t)low_half(xw) * low_half(ww) + (int32_t)high_half(xw) * high_half(ww);
+            }
+            z >>= shift[o];
+            if (last) {
+                out[o * LANES + r] = z;
+                continue;
+            }
+            z = z < 0 ? 0 : z > cap ? cap : z;
+            int32_t *dst = &out[(o >> 1) * LANES + r];
+            *dst = (o & 1) ? (int32_t)(((uint32_t)*dst & 0xFFFF) | ((uint32_t)z << 16)) : z;
+        }
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_VNNI_PATH 1
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+VNNI static void layer_vnni(const int32_t *in, int pairs, const int32_t *w, const int32_t *b,
+                            const int32_t *shift, int n_out, int cap, int32_t *out, int last) {
+    const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(cap);
+    const __m512i low = _mm512_set1_epi32(0xFFFF);
+    for (int o0 = 0; o0 < n_out; o0 += 8) { /* eight independent accumulators hide latency */
+        __m512i acc[8];
+        int count = n_out - o0 < 8 ? n_out - o0 : 8;
+        for (int j = 0; j < count; j++) acc[j] = _mm512_set1_epi32(b[o0 + j]);
+        for (int p = 0; p < pairs; p++) {
+            __m512i x = _mm512_loadu_si512(in + p * LANES);
+            for (int j = 0; j < count; j++)
+                acc[j] = _mm512_dpwssd_epi32(acc[j], x, _mm512_set1_epi32(w[(o0 + j) * pairs + p]));
+        }
+        for (int j = 0; j < count; j++) {
+            int o = o0 + j;
+            __m512i z = _mm512_sra_epi32(acc[j], _mm_cvtsi32_si128(shift[o]));
+            if (last) {
+                _mm512_storeu_si512(out + o * LANES, z);
+                continue;
+            }
+            z = _mm512_min_epi32(_mm512_max_epi32(z, zero), top);
+            int32_t *dst = out + (o >> 1) * LANES;
+            if (o & 1)
+                _mm512_storeu_si512(dst, _mm512_or_si512(_mm512_loadu_si512(dst), _mm512_slli_epi32(z, 16)));
+            else
+                _mm512_storeu_si512(dst, _mm512_and_si512(z, low));
+        }
+    }
+}
+
+static int cpu_has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+#else
+#define HAVE_VNNI_PATH 0
+static int cpu_has_vnni(void) { return 0; }
+#endif
+
+typedef void (*LayerFn)(const int32_t *, int, const int32_t *, const int32_t *, const int32_t *,
+                        int, int, int32_t *, int);
+
+static LayerFn layer_fn(void) {
+#if HAVE_VNNI_PATH
+    static int vnni = -1;
+    if (vnni < 0) vnni = cpu_has_vnni();
+    if (vnni) return layer_vnni;
+#endif
+    return layer_portable;
+}
+
+/* out: (2, n_rows) int32, the network's two output columns. */
+static void run_network(const Network *net, const float *columns, int64_t n_rows, int32_t *out,
+                        LayerFn layer) {
+    int32_t x[MAX_PAIRS * LANES], a0[MAX_PAIRS * LANES], a1[MAX_PAIRS * LANES], y[2 * LANES];
+    int pairs_in = (net->fan_in + 1) / 2, pairs_hidden = net->hidden / 2;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += LANES) {
+        int m = n_rows - r0 < LANES ? (int)(n_rows - r0) : LANES;
+        pack_rows(columns, net->fan_in, n_rows, r0, m, x);
+        layer(x, pairs_in, net->w[0], net->b[0], net->shift[0], net->hidden, net->cap, a0, 0);
+        layer(a0, pairs_hidden, net->w[1], net->b[1], net->shift[1], net->hidden, net->cap, a1, 0);
+        layer(a1, pairs_hidden, net->w[2], net->b[2], net->shift[2], 2, net->cap, y, 1);
+        memcpy(out + r0, y, (size_t)m * sizeof(int32_t));
+        memcpy(out + n_rows + r0, y + LANES, (size_t)m * sizeof(int32_t));
+    }
+}
+
+static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t items, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (view->len != items * 4) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd 4-byte items, got %zd bytes", what, items, view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(predict_doc,
+"predict(columns, fan_in, rows, hidden, cap, layers, out, portable=False)\n\n"
+"Run one network on `rows` feature vectors given feature-major (fan_in, rows) float32\n"
+"integers; `layers` is (w0, b0, s0, w1, b1, s1, w2, b2, s2) int32 buffers (weights as int16\n"
+"pairs); writes the two outputs, (2, rows) int32, into `out`.  `portable` skips the\n"
+"vectorised path (for tests: both must agree).  Releases the GIL.");
+
+static PyObject *predict(PyObject *self, PyObject *args) {
+    PyObject *columns_obj, *layers_obj, *out_obj;
+    int fan_in, hidden, cap;
+    Py_ssize_t rows;
+    int portable = 0;
+    if (!PyArg_ParseTuple(args, "OiniiOO|p", &columns_obj, &fan_in, &rows, &hidden, &cap, &layers_obj, &out_obj,
+                          &portable))
+        return NULL;
+    if (fan_in < 1 || fan_in > 2 * MAX_PAIRS || hidden < 2 || hidden > 2 * MAX_PAIRS || hidden % 2 ||
+        rows < 0 || cap < 0 || cap > 32767) {
+        PyErr_SetString(PyExc_ValueError, "network or batch shape outside the kernel's limits");
+        return NULL;
+    }
+    if (!PyTuple_Check(layers_obj) || PyTuple_GET_SIZE(layers_obj) != 9) {
+        PyErr_SetString(PyExc_ValueError, "layers must be a tuple of 9 buffers");
+        return NULL;
+    }
+    int pairs_in = (fan_in + 1) / 2, pairs_hidden = hidden / 2;
+    Py_ssize_t sizes[9] = {(Py_ssize_t)hidden * pairs_in, hidden, hidden,
+                           (Py_ssize_t)hidden * pairs_hidden, hidden, hidden,
+                           (Py_ssize_t)2 * pairs_hidden, 2, 2};
+    Py_buffer views[9], columns, out;
+    int taken = 0, ok = 0;
+    for (; taken < 9; taken++)
+        if (take_buffer(PyTuple_GET_ITEM(layers_obj, taken), &views[taken], 0, sizes[taken], "layer") < 0) break;
+    if (taken == 9 && take_buffer(columns_obj, &columns, 0, (Py_ssize_t)fan_in * rows, "columns") == 0) {
+        if (take_buffer(out_obj, &out, 1, 2 * rows, "out") == 0) {
+            Network net = {fan_in, hidden, cap, {0}, {0}, {0}};
+            int bad_shift = 0;
+            for (int l = 0; l < 3; l++) {
+                net.w[l] = views[3 * l].buf;
+                net.b[l] = views[3 * l + 1].buf;
+                net.shift[l] = views[3 * l + 2].buf;
+                for (int o = 0; o < (l < 2 ? hidden : 2); o++)
+                    bad_shift |= net.shift[l][o] < 0 || net.shift[l][o] > 30;
+            }
+            if (bad_shift) {
+                PyErr_SetString(PyExc_ValueError, "shifts must lie in 0..30");
+            } else {
+                Py_BEGIN_ALLOW_THREADS
+                run_network(&net, columns.buf, rows, out.buf, portable ? layer_portable : layer_fn());
+                Py_END_ALLOW_THREADS
+                ok = 1;
+            }
+            PyBuffer_Release(&out);
+        }
+        PyBuffer_Release(&columns);
+    }
+    while (taken-- > 0) PyBuffer_Release(&views[taken]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *instruction_set(PyObject *self, PyObject *unused) {
+    return PyUnicode_FromString(layer_fn() == layer_portable ? "portable" : "avx512-vnni");
+}
+
+static PyMethodDef methods[] = {
+    {"predict", predict, METH_VARARGS, predict_doc},
+    {"instruction_set", instruction_set, METH_NOARGS, "The path this CPU takes: 'avx512-vnni' or 'portable'."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_intmlp",
+                                    "Compiled integer-exact MLPs for the lossless predictor.", -1, methods};
+
+PyMODINIT_FUNC PyInit__intmlp(void) { return PyModule_Create(&module); }
