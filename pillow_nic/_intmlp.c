@@ -100,6 +100,19 @@ VNNI static void layer_vnni(const int32_t *in, int pairs, const int32_t *w, cons
     }
 }
 
+VNNI static void pack_rows_vnni(const float *columns, int n_features, int64_t n_rows, int64_t r0, int m,
+                                int32_t *x) {
+    const __mmask16 valid = (__mmask16)((1u << m) - 1);
+    const __m512i low = _mm512_set1_epi32(0xFFFF);
+    for (int p = 0; p < (n_features + 1) / 2; p++) {
+        __m512i v0 = _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, columns + (int64_t)(2 * p) * n_rows + r0));
+        __m512i v1 = 2 * p + 1 < n_features
+            ? _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, columns + (int64_t)(2 * p + 1) * n_rows + r0))
+            : _mm512_setzero_si512();
+        _mm512_storeu_si512(x + p * LANES, _mm512_or_si512(_mm512_and_si512(v0, low), _mm512_slli_epi32(v1, 16)));
+    }
+}
+
 static int cpu_has_vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -112,24 +125,32 @@ static int cpu_has_vnni(void) { return 0; }
 
 typedef void (*LayerFn)(const int32_t *, int, const int32_t *, const int32_t *, const int32_t *,
                         int, int, int32_t *, int);
+typedef void (*PackFn)(const float *, int, int64_t, int64_t, int, int32_t *);
+typedef struct {
+    PackFn pack;
+    LayerFn layer;
+} Path;
 
-static LayerFn layer_fn(void) {
+static const Path portable_path = {pack_rows, layer_portable};
+
+static Path best_path(void) {
 #if HAVE_VNNI_PATH
     static int vnni = -1;
     if (vnni < 0) vnni = cpu_has_vnni();
-    if (vnni) return layer_vnni;
+    if (vnni) return (Path){pack_rows_vnni, layer_vnni};
 #endif
-    return layer_portable;
+    return portable_path;
 }
 
 /* out: (2, n_rows) int32, the network's two output columns. */
 static void run_network(const Network *net, const float *columns, int64_t n_rows, int32_t *out,
-                        LayerFn layer) {
+                        Path path) {
+    LayerFn layer = path.layer;
     int32_t x[MAX_PAIRS * LANES], a0[MAX_PAIRS * LANES], a1[MAX_PAIRS * LANES], y[2 * LANES];
     int pairs_in = (net->fan_in + 1) / 2, pairs_hidden = net->hidden / 2;
     for (int64_t r0 = 0; r0 < n_rows; r0 += LANES) {
         int m = n_rows - r0 < LANES ? (int)(n_rows - r0) : LANES;
-        pack_rows(columns, net->fan_in, n_rows, r0, m, x);
+        path.pack(columns, net->fan_in, n_rows, r0, m, x);
         layer(x, pairs_in, net->w[0], net->b[0], net->shift[0], net->hidden, net->cap, a0, 0);
         layer(a0, pairs_hidden, net->w[1], net->b[1], net->shift[1], net->hidden, net->cap, a1, 0);
         layer(a1, pairs_hidden, net->w[2], net->b[2], net->shift[2], 2, net->cap, y, 1);
@@ -195,7 +216,7 @@ static PyObject *predict(PyObject *self, PyObject *args) {
                 PyErr_SetString(PyExc_ValueError, "shifts must lie in 0..30");
             } else {
                 Py_BEGIN_ALLOW_THREADS
-                run_network(&net, columns.buf, rows, out.buf, portable ? layer_portable : layer_fn());
+                run_network(&net, columns.buf, rows, out.buf, portable ? portable_path : best_path());
                 Py_END_ALLOW_THREADS
                 ok = 1;
             }
@@ -209,7 +230,7 @@ static PyObject *predict(PyObject *self, PyObject *args) {
 }
 
 static PyObject *instruction_set(PyObject *self, PyObject *unused) {
-    return PyUnicode_FromString(layer_fn() == layer_portable ? "portable" : "avx512-vnni");
+    return PyUnicode_FromString(best_path().layer == layer_portable ? "portable" : "avx512-vnni");
 }
 
 static PyMethodDef methods[] = {
