@@ -18,7 +18,7 @@
 #include <string.h>
 
 #define MAX_PAIRS 32 /* up to 64 inputs or hidden units */
-#define LANES 16
+#define LANES 32 /* rows per block: two vectors of 16, so every weight broadcast serves both */
 
 typedef struct {
     int fan_in, hidden, cap;
@@ -74,42 +74,51 @@ VNNI static void layer_vnni(const int32_t *in, int pairs, const int32_t *w, cons
                             const int32_t *shift, int n_out, int cap, int32_t *out, int last) {
     const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(cap);
     const __m512i low = _mm512_set1_epi32(0xFFFF);
-    for (int o0 = 0; o0 < n_out; o0 += 8) { /* eight independent accumulators hide latency */
-        __m512i acc[8];
+    for (int o0 = 0; o0 < n_out; o0 += 8) { /* 8 outputs x 2 vectors: 16 independent accumulators */
+        __m512i acc[8][2];
         int count = n_out - o0 < 8 ? n_out - o0 : 8;
-        for (int j = 0; j < count; j++) acc[j] = _mm512_set1_epi32(b[o0 + j]);
+        for (int j = 0; j < count; j++) acc[j][0] = acc[j][1] = _mm512_set1_epi32(b[o0 + j]);
         for (int p = 0; p < pairs; p++) {
-            __m512i x = _mm512_loadu_si512(in + p * LANES);
-            for (int j = 0; j < count; j++)
-                acc[j] = _mm512_dpwssd_epi32(acc[j], x, _mm512_set1_epi32(w[(o0 + j) * pairs + p]));
+            __m512i x0 = _mm512_loadu_si512(in + p * LANES), x1 = _mm512_loadu_si512(in + p * LANES + 16);
+            for (int j = 0; j < count; j++) {
+                __m512i wv = _mm512_set1_epi32(w[(o0 + j) * pairs + p]);
+                acc[j][0] = _mm512_dpwssd_epi32(acc[j][0], x0, wv);
+                acc[j][1] = _mm512_dpwssd_epi32(acc[j][1], x1, wv);
+            }
         }
         for (int j = 0; j < count; j++) {
             int o = o0 + j;
-            __m512i z = _mm512_sra_epi32(acc[j], _mm_cvtsi32_si128(shift[o]));
-            if (last) {
-                _mm512_storeu_si512(out + o * LANES, z);
-                continue;
+            for (int h = 0; h < 2; h++) {
+                __m512i z = _mm512_sra_epi32(acc[j][h], _mm_cvtsi32_si128(shift[o]));
+                if (last) {
+                    _mm512_storeu_si512(out + o * LANES + 16 * h, z);
+                    continue;
+                }
+                z = _mm512_min_epi32(_mm512_max_epi32(z, zero), top);
+                int32_t *dst = out + (o >> 1) * LANES + 16 * h;
+                if (o & 1)
+                    _mm512_storeu_si512(dst, _mm512_or_si512(_mm512_loadu_si512(dst), _mm512_slli_epi32(z, 16)));
+                else
+                    _mm512_storeu_si512(dst, _mm512_and_si512(z, low));
             }
-            z = _mm512_min_epi32(_mm512_max_epi32(z, zero), top);
-            int32_t *dst = out + (o >> 1) * LANES;
-            if (o & 1)
-                _mm512_storeu_si512(dst, _mm512_or_si512(_mm512_loadu_si512(dst), _mm512_slli_epi32(z, 16)));
-            else
-                _mm512_storeu_si512(dst, _mm512_and_si512(z, low));
         }
     }
 }
 
 VNNI static void pack_rows_vnni(const float *columns, int n_features, int64_t n_rows, int64_t r0, int m,
                                 int32_t *x) {
-    const __mmask16 valid = (__mmask16)((1u << m) - 1);
     const __m512i low = _mm512_set1_epi32(0xFFFF);
-    for (int p = 0; p < (n_features + 1) / 2; p++) {
-        __m512i v0 = _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, columns + (int64_t)(2 * p) * n_rows + r0));
-        __m512i v1 = 2 * p + 1 < n_features
-            ? _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, columns + (int64_t)(2 * p + 1) * n_rows + r0))
-            : _mm512_setzero_si512();
-        _mm512_storeu_si512(x + p * LANES, _mm512_or_si512(_mm512_and_si512(v0, low), _mm512_slli_epi32(v1, 16)));
+    for (int h = 0; h < LANES / 16; h++) {
+        int k = m - 16 * h < 0 ? 0 : m - 16 * h > 16 ? 16 : m - 16 * h;
+        const __mmask16 valid = (__mmask16)((1u << k) - 1);
+        for (int p = 0; p < (n_features + 1) / 2; p++) {
+            const float *c0 = columns + (int64_t)(2 * p) * n_rows + r0 + 16 * h;
+            __m512i v0 = _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, c0));
+            __m512i v1 = 2 * p + 1 < n_features ? _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, c0 + n_rows))
+                                                : _mm512_setzero_si512();
+            _mm512_storeu_si512(x + p * LANES + 16 * h,
+                                _mm512_or_si512(_mm512_and_si512(v0, low), _mm512_slli_epi32(v1, 16)));
+        }
     }
 }
 
