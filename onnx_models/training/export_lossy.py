@@ -135,7 +135,7 @@ def export_lossy(run_dir: Path, name: str) -> None:
     final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").exists() else {}
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     record = dict(config=cfg, step=step, final=final, log_tail=log[-3:],
-                  summary=dict(steps=step, val=[r for r in log if "val" in r][-1]["val"]))
+                  summary=dict(steps=step, val=[r for r in log if "val" in r][-1]["val"], uncoded_rows=uncoded_rows))
     files = {role: tmp / f"{role}.onnx" for role in ("encoder", "decoder", "hyper")}
     files["tables"] = tmp / "tables.npz"
     release("lossy-ssim" if cfg.get("distortion") == "msssim" else "lossy", name, files, record)

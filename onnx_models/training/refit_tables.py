@@ -107,7 +107,8 @@ def main() -> None:
     if args.name:
         bpp, prior, new = best
         tmp = Path(tempfile.mkdtemp())
-        np.savez_compressed(tmp / "tables.npz", **{f"family{r}": new[r].astype(np.int32) for r in new})
+        kept = {k: v for k, v in package.tables.items() if not k.startswith("family")}  # e.g. the schedule
+        np.savez_compressed(tmp / "tables.npz", **kept, **{f"family{r}": new[r].astype(np.int32) for r in new})
         roles = {role: models.MODEL_DIR / rel for role, rel in entry["files"].items() if role != "tables"}
         roles["tables"] = tmp / "tables.npz"
         record = dict(refit_of=entry["name"], prior=prior, train_images=len(train_files),

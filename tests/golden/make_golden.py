@@ -86,6 +86,8 @@ CASES = {
     "lossy5_rgb_128x72": ("RGB", 128, 72, dict(lossless=False, quality=55, tile_size=64)),
     # session 6: nic-lossy-6 (nic-lossy-5 trained on native-resolution crops, magnitude gains)
     "lossy6_rgb_80x112": ("RGB", 80, 112, dict(lossless=False, quality=20, tile_size=64)),
+    # session 7: nic-lossy-7 (nic-lossy-6's networks; latents in the 5 lowest table rows not coded)
+    "lossy7_rgb_96x128": ("RGB", 96, 128, dict(lossless=False, quality=75, tile_size=64)),
 }
 
 
