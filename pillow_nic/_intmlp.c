@@ -28,13 +28,13 @@ typedef struct {
 static inline int16_t low_half(int32_t word) { return (int16_t)(word & 0xFFFF); }
 static inline int16_t high_half(int32_t word) { return (int16_t)((uint32_t)word >> 16); }
 
-/* Pack 16 rows of feature-major float columns (integers) into pair words, pair-major. */
-static void pack_rows(const float *columns, int n_features, int64_t n_rows, int64_t r0, int m,
+/* Pack LANES rows of feature-major int16 columns into pair words, pair-major. */
+static void pack_rows(const int16_t *columns, int n_features, int64_t n_rows, int64_t r0, int m,
                       int32_t *x) {
     int pairs = (n_features + 1) / 2;
     for (int p = 0; p < pairs; p++) {
-        const float *c0 = columns + (int64_t)(2 * p) * n_rows + r0;
-        const float *c1 = 2 * p + 1 < n_features ? columns + (int64_t)(2 * p + 1) * n_rows + r0 : NULL;
+        const int16_t *c0 = columns + (int64_t)(2 * p) * n_rows + r0;
+        const int16_t *c1 = 2 * p + 1 < n_features ? columns + (int64_t)(2 * p + 1) * n_rows + r0 : NULL;
         for (int r = 0; r < LANES; r++) {
             int32_t v0 = r < m ? (int32_t)c0[r] : 0;
             int32_t v1 = (r < m && c1) ? (int32_t)c1[r] : 0;
@@ -68,7 +68,7 @@ static void layer_portable(const int32_t *in, int pairs, const int32_t *w, const
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define HAVE_VNNI_PATH 1
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 VNNI static void layer_vnni(const int32_t *in, int pairs, const int32_t *w, const int32_t *b,
                             const int32_t *shift, int n_out, int cap, int32_t *out, int last) {
@@ -105,16 +105,16 @@ VNNI static void layer_vnni(const int32_t *in, int pairs, const int32_t *w, cons
     }
 }
 
-VNNI static void pack_rows_vnni(const float *columns, int n_features, int64_t n_rows, int64_t r0, int m,
+VNNI static void pack_rows_vnni(const int16_t *columns, int n_features, int64_t n_rows, int64_t r0, int m,
                                 int32_t *x) {
     const __m512i low = _mm512_set1_epi32(0xFFFF);
     for (int h = 0; h < LANES / 16; h++) {
         int k = m - 16 * h < 0 ? 0 : m - 16 * h > 16 ? 16 : m - 16 * h;
         const __mmask16 valid = (__mmask16)((1u << k) - 1);
         for (int p = 0; p < (n_features + 1) / 2; p++) {
-            const float *c0 = columns + (int64_t)(2 * p) * n_rows + r0 + 16 * h;
-            __m512i v0 = _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, c0));
-            __m512i v1 = 2 * p + 1 < n_features ? _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(valid, c0 + n_rows))
+            const int16_t *c0 = columns + (int64_t)(2 * p) * n_rows + r0 + 16 * h;
+            __m512i v0 = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(valid, c0));
+            __m512i v1 = 2 * p + 1 < n_features ? _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(valid, c0 + n_rows))
                                                 : _mm512_setzero_si512();
             _mm512_storeu_si512(x + p * LANES + 16 * h,
                                 _mm512_or_si512(_mm512_and_si512(v0, low), _mm512_slli_epi32(v1, 16)));
@@ -124,7 +124,7 @@ VNNI static void pack_rows_vnni(const float *columns, int n_features, int64_t n_
 
 static int cpu_has_vnni(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vnni");
 }
 #else
@@ -134,7 +134,7 @@ static int cpu_has_vnni(void) { return 0; }
 
 typedef void (*LayerFn)(const int32_t *, int, const int32_t *, const int32_t *, const int32_t *,
                         int, int, int32_t *, int);
-typedef void (*PackFn)(const float *, int, int64_t, int64_t, int, int32_t *);
+typedef void (*PackFn)(const int16_t *, int, int64_t, int64_t, int, int32_t *);
 typedef struct {
     PackFn pack;
     LayerFn layer;
@@ -152,7 +152,7 @@ static Path best_path(void) {
 }
 
 /* out: (2, n_rows) int32, the network's two output columns. */
-static void run_network(const Network *net, const float *columns, int64_t n_rows, int32_t *out,
+static void run_network(const Network *net, const int16_t *columns, int64_t n_rows, int32_t *out,
                         Path path) {
     LayerFn layer = path.layer;
     int32_t x[MAX_PAIRS * LANES], a0[MAX_PAIRS * LANES], a1[MAX_PAIRS * LANES], y[2 * LANES];
@@ -168,10 +168,12 @@ static void run_network(const Network *net, const float *columns, int64_t n_rows
     }
 }
 
-static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t items, const char *what) {
+static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t items, int item_size,
+                       const char *what) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
-    if (view->len != items * 4) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd 4-byte items, got %zd bytes", what, items, view->len);
+    if (view->len != items * item_size) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd %d-byte items, got %zd bytes", what, items, item_size,
+                     view->len);
         PyBuffer_Release(view);
         return -1;
     }
@@ -180,8 +182,8 @@ static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t 
 
 PyDoc_STRVAR(predict_doc,
 "predict(columns, fan_in, rows, hidden, cap, layers, out, portable=False)\n\n"
-"Run one network on `rows` feature vectors given feature-major (fan_in, rows) float32\n"
-"integers; `layers` is (w0, b0, s0, w1, b1, s1, w2, b2, s2) int32 buffers (weights as int16\n"
+"Run one network on `rows` feature vectors given feature-major (fan_in, rows) int16;\n"
+"`layers` is (w0, b0, s0, w1, b1, s1, w2, b2, s2) int32 buffers (weights as int16\n"
 "pairs); writes the two outputs, (2, rows) int32, into `out`.  `portable` skips the\n"
 "vectorised path (for tests: both must agree).  Releases the GIL.");
 
@@ -209,9 +211,9 @@ static PyObject *predict(PyObject *self, PyObject *args) {
     Py_buffer views[9], columns, out;
     int taken = 0, ok = 0;
     for (; taken < 9; taken++)
-        if (take_buffer(PyTuple_GET_ITEM(layers_obj, taken), &views[taken], 0, sizes[taken], "layer") < 0) break;
-    if (taken == 9 && take_buffer(columns_obj, &columns, 0, (Py_ssize_t)fan_in * rows, "columns") == 0) {
-        if (take_buffer(out_obj, &out, 1, 2 * rows, "out") == 0) {
+        if (take_buffer(PyTuple_GET_ITEM(layers_obj, taken), &views[taken], 0, sizes[taken], 4, "layer") < 0) break;
+    if (taken == 9 && take_buffer(columns_obj, &columns, 0, (Py_ssize_t)fan_in * rows, 2, "columns") == 0) {
+        if (take_buffer(out_obj, &out, 1, 2 * rows, 4, "out") == 0) {
             Network net = {fan_in, hidden, cap, {0}, {0}, {0}};
             int bad_shift = 0;
             for (int l = 0; l < 3; l++) {

@@ -170,12 +170,12 @@ class PassContext:
         self._earlier: list[np.ndarray] = []  # per earlier plane: (5, n) cross features
 
     def features(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features, feature-major (F, n) float32 holding integers, base prediction
+        """(features, feature-major (F, n) int16 (all within +-510), base prediction
         (n,) int32) for the next plane."""
         blocks = _neighbour_blocks(plane, self.p)
         n = sum(b[0].size for b in blocks if b)
         width = num_features(self.p.kind, len(self._earlier))
-        columns = np.empty((width, n), dtype=np.float32)  # built feature by feature, contiguously
+        columns = np.empty((width, n), dtype=np.int16)  # built feature by feature, contiguously
         base = np.empty(n, dtype=np.int32)
         start = 0
         nearest = _nearest(self.p)

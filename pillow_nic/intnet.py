@@ -145,8 +145,8 @@ class CompiledNetwork:
         self._layers = tuple(packed)
 
     def run(self, columns: np.ndarray, portable: bool = False) -> np.ndarray:
-        """(2, n) int32 outputs for feature-major (fan_in, n) float32 integer columns."""
-        columns = np.ascontiguousarray(columns, dtype=np.float32)
+        """(2, n) int32 outputs for feature-major (fan_in, n) int16 columns."""
+        columns = np.ascontiguousarray(columns, dtype=np.int16)
         if columns.shape[0] != self.fan_in:
             raise ValueError(f"expected {self.fan_in} feature columns, got {columns.shape[0]}")
         out = np.empty((2, columns.shape[1]), np.int32)

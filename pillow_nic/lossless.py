@@ -115,7 +115,7 @@ def _predict(package, key: str, columns: np.ndarray) -> tuple[np.ndarray, np.nda
     graph = package.graph(key)
     chunk = PREDICT_CHUNK[package.runtime]
     n = columns.shape[1]
-    pred = np.concatenate([graph.run(["pred"], {"features": np.ascontiguousarray(columns[:, i:i + chunk].T)})[0]
+    pred = np.concatenate([graph.run(["pred"], {"features": columns[:, i:i + chunk].T.astype(np.float32)})[0]
                            for i in range(0, max(n, 1), chunk)]).astype(np.int64)
     return pred[:, 0], np.clip(pred[:, 1], 0, SCALE_BINS - 1)
 
