@@ -170,8 +170,8 @@ class PassContext:
         self._earlier: list[np.ndarray] = []  # per earlier plane: (5, n) cross features
 
     def features(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features, feature-major (F, n) int16 (all within +-510), base prediction
-        (n,) int32) for the next plane."""
+        """(features (F, n) int16, feature-major, all within +-510; base prediction (n,)
+        int32) for the next plane."""
         blocks = _neighbour_blocks(plane, self.p)
         n = sum(b[0].size for b in blocks if b)
         width = num_features(self.p.kind, len(self._earlier))

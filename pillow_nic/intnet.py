@@ -5,7 +5,8 @@ runtime.  The predictor therefore computes only with integers held in float32:
 integer weights (|w| <= 127), integer inputs, sums bounded below 2**24 (so any
 summation order is exact), and requantisation by ``floor(z / 2**shift)``
 (division by a power of two is exact).  ONNX Runtime's MatMul and the NumPy
-runtime's matmul then agree bit for bit.
+runtime's matmul then agree bit for bit, and so does the compiled kernel
+(``_intmlp.c``), which computes the same integers in int32.
 
 A network is a list of layers ``(weight (fan_in, fan_out), bias (fan_out,),
 shift, clip_max)``; hidden layers clip to ``[0, clip_max]`` (a ReLU with a cap),
@@ -64,6 +65,7 @@ def run_numpy(layers: list[IntLayer], x: np.ndarray) -> np.ndarray:
 #: every feature of the lossless predictor lies within +-INPUT_BOUND (differences of samples)
 INPUT_BOUND = 510
 MAX_SHIFT = 30
+KERNEL_MAX_WIDTH = 64  # inputs and (even) hidden units the compiled kernel takes (_intmlp.c, MAX_PAIRS)
 
 
 def unfold(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,6 +136,8 @@ class CompiledNetwork:
         self._kernel = _intmlp
         self.fan_in, self.hidden = layers[0].weight.shape
         self.cap = layers[0].clip_max
+        if self.fan_in > KERNEL_MAX_WIDTH or self.hidden > KERNEL_MAX_WIDTH or self.hidden % 2 or self.cap > 32767:
+            raise ValueError("network wider than the kernel's limits")
         packed = []
         for layer in layers:
             w = layer.weight.astype(np.int16)
