@@ -104,6 +104,9 @@ def export_lossy(run_dir: Path, name: str) -> None:
     if codec.context:
         raise ValueError("the checkerboard context is a training experiment, not part of the format "
                          "(RUNS.md, lossy_ctx_v1)")
+    if codec.row_offsets:
+        raise ValueError("per-level row offsets are a training experiment, not part of the format "
+                         "(RUNS.md, lossy_rowoff_v1)")
     tmp = Path(tempfile.mkdtemp())
     m, hz = codec.m, cfg["hyper_channels"][0]
     x = torch.rand(1, 3, 128, 192)

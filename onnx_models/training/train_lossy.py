@@ -126,6 +126,11 @@ class Codec(nn.Module):
         self.gain = nn.Parameter(start[:, None].repeat(1, m))
         self.inv_gain = nn.Parameter((1 / start)[:, None].repeat(1, m))
         self.z_log_scale = nn.Parameter(torch.zeros(levels, hz))
+        # per level and latent channel, whole table rows added to the predicted scale row
+        # (the decoder knows the level from the quality, as for z_rows): an experiment so far
+        self.row_offsets = cfg.get("level_row_offsets", False)
+        if self.row_offsets:
+            self.y_row_offset = nn.Parameter(torch.zeros(levels, m))  # in rows, rounded when applied
 
     def analyse(self, x: torch.Tensor) -> torch.Tensor:
         """Latents before gains (the detail channels add their block projection)."""
@@ -192,6 +197,10 @@ class Codec(nn.Module):
             ctx_mean, ctx_log_scale = self.context_parameters(hidden, anchors, quantised)
             mean = torch.where(anchor, mean, ctx_mean)
             log_scale = torch.where(anchor, log_scale, ctx_log_scale)
+        if self.row_offsets:
+            shift = qat.ste_round(self.y_row_offset[level])[:, :, None, None] * qat.SCALE_STEP
+            lowest = qat.SCALE_MIN + 0.5 * qat.SCALE_STEP
+            log_scale = torch.clamp(log_scale + shift, lowest, lowest + (qat.SCALE_BINS - 1) * qat.SCALE_STEP)
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_hat = qat.ste_round(y - mean) + mean
         x_hat = self.synthesise(y_hat * inv_gain)
@@ -472,7 +481,9 @@ def main() -> None:
     print(f"{len(train)} train / {len(val)} val crops, {time.time() - t0:.0f}s", flush=True)
 
     model = Codec(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    fast = [p for name, p in model.named_parameters() if name == "y_row_offset"]  # whole rows: a faster rate
+    opt = torch.optim.Adam([dict(params=[p for name, p in model.named_parameters() if name != "y_row_offset"]),
+                            dict(params=fast, lr_scale=cfg.get("row_offset_lr_scale", 1.0))], lr=cfg["lr"])
     lambdas = torch.tensor(cfg["lambdas"])
     step, rng = resume(run_dir, cfg, model, opt, rng, grow)
     if step == 0 and model.detail and cfg.get("init_from"):
@@ -502,7 +513,7 @@ def main() -> None:
         quantised = step >= qat_from
         lr = learning_rate(cfg, step)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         idx = rng.integers(0, len(train), b)
         batch = train[idx]
         if rng.random() < 0.5:
