@@ -88,6 +88,9 @@ CASES = {
     "lossy6_rgb_80x112": ("RGB", 80, 112, dict(lossless=False, quality=20, tile_size=64)),
     # session 7: nic-lossy-7 (nic-lossy-6's networks; latents in the 5 lowest table rows not coded)
     "lossy7_rgb_96x128": ("RGB", 96, 128, dict(lossless=False, quality=75, tile_size=64)),
+    # nic-lossless-6 (nic-lossless-4 trained on native-resolution crops, tables refitted)
+    "lossless6_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
+    "lossless6_l_45x31": ("L", 45, 31, dict(lossless=True)),
 }
 
 
