@@ -291,6 +291,14 @@ def widen_latents(model: Codec, state: dict) -> dict:
     return state
 
 
+def weak_gains(gain: torch.Tensor) -> torch.Tensor:
+    """Per (level, channel), whether the gain magnitude is below half the level's median of
+    the gains that are not zero (widening by m or more adds a majority of zeros)."""
+    gain = gain.abs()
+    typical = gain.where(gain > 0, torch.nan).nanmedian(dim=1, keepdim=True).values
+    return gain < 0.5 * typical
+
+
 def revive_dead_channels(model: Codec) -> list[int]:
     """Give latent channels whose gain collapsed a second chance; returns their indices.
 
@@ -302,9 +310,7 @@ def revive_dead_channels(model: Codec) -> list[int]:
     ignores them at first, so z and the other channels' parameters start unchanged."""
     with torch.no_grad():
         gain = model.gain.abs()
-        # the median of the channels with any gain: widening by m or more adds a majority of zeros
-        typical = gain.where(gain > 0, torch.nan).nanmedian(dim=1, keepdim=True).values
-        dead = (gain < 0.5 * typical).all(dim=0)
+        dead = weak_gains(gain).all(dim=0)
         live = ~dead
         model.gain[:, dead] = gain[:, live].median(dim=1, keepdim=True).values
         model.inv_gain[:, dead] = model.inv_gain[:, live].abs().median(dim=1, keepdim=True).values
@@ -319,12 +325,10 @@ def revive_dead_channels(model: Codec) -> list[int]:
     return torch.nonzero(dead).flatten().tolist()
 
 
-def y_spread(model: Codec, crops: np.ndarray, level: int) -> np.ndarray:
-    """Per latent channel, the standard deviation of the gain-scaled latents on ``crops``."""
-    with torch.no_grad():
-        y = torch.cat([model.analyse(images_to_tensor(crops[i:i + 8][:, :256, :256]))
-                       for i in range(0, len(crops), 8)])
-    return (y * model.gain[level].abs()[None, :, None, None]).std(dim=(0, 2, 3)).numpy()
+def _blocks(a: torch.Tensor, b: int) -> np.ndarray:
+    """(N, C, H, W) as rows of b x b blocks, each (C, b, b) flattened."""
+    n, c, h, w = a.shape
+    return a.reshape(n, c, h // b, b, w // b, b).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * b * b).numpy()
 
 
 def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1, ramp: float = 2.5) -> None:
@@ -334,25 +338,22 @@ def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1,
     gives the basis (the detail synthesis); a least-squares map from the image blocks to
     the basis coefficients gives the detail analysis.  The inverse gains are set to
     1 / gain, so the coefficients reach the synthesis unscaled, and the top level rounds
-    them in steps of ``top_step``, each level below in ``ramp`` times coarser steps.  The new channels' share of the main analysis and
-    synthesis starts at zero."""
+    them in steps of ``top_step``, each level below in ``ramp`` times coarser steps.  The
+    new channels' share of the main analysis and synthesis starts at zero."""
     d, b = model.detail, 16
     rng = np.random.default_rng(0)
     picks = crops[np.sort(rng.choice(len(crops), min(len(crops), 192), replace=False))]
     gain_top = (model.gain[-1].abs() * model.inv_gain[-1].abs())[None, :, None, None]
-    xs, rs = [], []
+    xs, rs, old = [], [], []
     with torch.no_grad():
         for i in range(0, len(picks), 8):
             x = images_to_tensor(picks[i:i + 8][:, :256, :256])
             y = model.analysis(x)
             y[:, -d:] = 0
             r = x - model.synthesis(y * gain_top)
-
-            def blocks(a: torch.Tensor) -> np.ndarray:
-                n, c, h, w = a.shape
-                return a.reshape(n, c, h // b, b, w // b, b).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * b * b).numpy()
-            xs.append(blocks(x))
-            rs.append(blocks(r))
+            xs.append(_blocks(x, b))
+            rs.append(_blocks(r, b))
+            old.append(y[:, :-d])
     xb, rb = np.concatenate(xs).astype(np.float64), np.concatenate(rs).astype(np.float64)
     basis = np.ascontiguousarray(np.linalg.eigh(np.cov(rb.T))[1][:, ::-1][:, :d])  # (3*16*16, d), orthonormal
     coeffs = rb @ basis
@@ -378,8 +379,9 @@ def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1,
         out, m = model.hs[-1], model.m
         level = len(model.gain) // 2
         spread = torch.from_numpy(coeffs.std(axis=0)).float() * scale * model.gain[level, -d:].abs()
-        live = (model.gain[level, :-d].abs() > 0.5 * model.gain[level, :-d].abs().median())
-        typical = torch.from_numpy(y_spread(model, picks, level)).float()[:-d][live].median()
+        live = ~weak_gains(model.gain[level:level + 1, :-d])[0]
+        old_spread = (torch.cat(old) * model.gain[level, :-d].abs()[None, :, None, None]).std(dim=(0, 2, 3))
+        typical = old_spread[live].median()
         out.bias[2 * m - d:] += torch.log(spread / typical)
         out.weight[m - d:m] = 0
         out.bias[m - d:m] = 0
