@@ -240,12 +240,141 @@ static PyObject *predict(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Causal neighbourhoods of one target lattice (pillow_nic.interlace's contract).
+ *
+ * A lattice is (row0, col0, row_step, col_step, rows, cols) over the plane; a neighbour is
+ * (lattice, dr, dc, out_row): the lattice sample at (i + dr, j + dc) for target (i, j), the
+ * indices clamped into the lattice.  The base is the floor of the mean of the four
+ * neighbours named by `nearest`; each neighbour minus the base goes to row out_row of the
+ * feature-major int16 columns.  The same integers as the NumPy gathering, without its
+ * padded copies. */
+#define MAX_LATTICES 4
+#define MAX_NEIGHBOURS 32
+
+static inline int64_t clamp64(int64_t v, int64_t hi) { return v < 0 ? 0 : v > hi ? hi : v; }
+static inline int32_t floor_quarter(int32_t s) { return s >= 0 ? s >> 2 : -((-s + 3) >> 2); }
+
+/* row[j] = lattice row sample at column j + dc (clamped), j < cols; the unclamped middle is a
+ * plain strided copy the compiler vectorises (stride 2 at level 0, most of the work). */
+static void load_row(const int32_t *row, const int32_t *L, int64_t dc, int64_t cols, int32_t *out) {
+    const int32_t *r = row + L[1];
+    int64_t step = L[3], last = L[5] - 1;
+    int64_t a = -dc < 0 ? 0 : -dc > cols ? cols : -dc;
+    int64_t z = last - dc + 1 < a ? a : last - dc + 1 > cols ? cols : last - dc + 1;
+    for (int64_t j = 0; j < a; j++) out[j] = r[clamp64(j + dc, last) * step];
+    if (step == 2) {
+        const int32_t *m = r + 2 * dc;
+        for (int64_t j = a; j < z; j++) out[j] = m[2 * j];
+    } else {
+        for (int64_t j = a; j < z; j++) out[j] = r[(j + dc) * step];
+    }
+    for (int64_t j = z; j < cols; j++) out[j] = r[clamp64(j + dc, last) * step];
+}
+
+static void gather_rows(const int32_t *plane, int64_t width, const int32_t (*lat)[6], const int32_t (*nb)[4],
+                        int n_nb, const int32_t *nearest, int64_t rows, int64_t cols, int16_t *columns,
+                        int64_t n_total, int64_t start, int32_t *base, int32_t *values) {
+    for (int64_t i = 0; i < rows; i++) {
+        for (int k = 0; k < n_nb; k++) {
+            const int32_t *L = lat[nb[k][0]];
+            load_row(plane + (L[0] + clamp64(i + nb[k][1], L[4] - 1) * L[2]) * width, L, nb[k][2], cols,
+                     values + k * cols);
+        }
+        int32_t *b = base + start + i * cols;
+        const int32_t *v0 = values + nearest[0] * cols, *v1 = values + nearest[1] * cols;
+        const int32_t *v2 = values + nearest[2] * cols, *v3 = values + nearest[3] * cols;
+        for (int64_t j = 0; j < cols; j++) b[j] = floor_quarter(v0[j] + v1[j] + v2[j] + v3[j]);
+        for (int k = 0; k < n_nb; k++) {
+            const int32_t *v = values + k * cols;
+            int16_t *dst = columns + (int64_t)nb[k][3] * n_total + start + i * cols;
+            for (int64_t j = 0; j < cols; j++) dst[j] = (int16_t)(v[j] - b[j]);
+        }
+    }
+}
+
+PyDoc_STRVAR(gather_doc,
+"gather(plane, height, width, lattices, neighbours, nearest, rows, cols, columns, n_features, n_total, start, base)\n\n"
+"Write the features of a rows x cols target lattice into columns (n_features, n_total) int16 at\n"
+"column `start`, and its bases into base (n_total,) int32.  `plane` is (height, width) int32;\n"
+"`lattices` (L, 6), `neighbours` (K, 4) and `nearest` (4,) are int32 (see above).  Every index\n"
+"is validated: a lattice that leaves the plane, a neighbour naming no lattice or row, or a\n"
+"batch that leaves the outputs is a ValueError.  Plane values must lie in -32768..32767.");
+
+static PyObject *gather(PyObject *self, PyObject *args) {
+    PyObject *plane_obj, *lat_obj, *nb_obj, *near_obj, *col_obj, *base_obj;
+    Py_ssize_t height, width, rows, cols, n_total, start;
+    int n_features;
+    if (!PyArg_ParseTuple(args, "OnnOOOnnOinnO", &plane_obj, &height, &width, &lat_obj, &nb_obj, &near_obj, &rows,
+                          &cols, &col_obj, &n_features, &n_total, &start, &base_obj))
+        return NULL;
+    if (height < 1 || width < 1 || rows < 0 || cols < 0 || n_features < 1 || start < 0 || n_total < 0 ||
+        start + rows * cols > n_total) {
+        PyErr_SetString(PyExc_ValueError, "gather: shapes out of range");
+        return NULL;
+    }
+    Py_buffer plane, lat, nb, near, col, base;
+    if (take_buffer(plane_obj, &plane, 0, height * width, 4, "plane") < 0) return NULL;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(lat_obj, &lat, PyBUF_C_CONTIGUOUS) == 0) {
+        if (PyObject_GetBuffer(nb_obj, &nb, PyBUF_C_CONTIGUOUS) == 0) {
+            if (take_buffer(near_obj, &near, 0, 4, 4, "nearest") == 0) {
+                if (take_buffer(col_obj, &col, 1, (Py_ssize_t)n_features * n_total, 2, "columns") == 0) {
+                    if (take_buffer(base_obj, &base, 1, n_total, 4, "base") == 0) {
+                        int n_lat = (int)(lat.len / 24), n_nb = (int)(nb.len / 16);
+                        const int32_t (*L)[6] = lat.buf;
+                        const int32_t (*N)[4] = nb.buf;
+                        const int32_t *nearest = near.buf;
+                        const char *bad = NULL;
+                        if (lat.len % 24 || n_lat < 1 || n_lat > MAX_LATTICES || nb.len % 16 || n_nb < 1 ||
+                            n_nb > MAX_NEIGHBOURS)
+                            bad = "gather: 1-4 lattices of 6 and 1-32 neighbours of 4 int32";
+                        for (int l = 0; !bad && l < n_lat; l++)
+                            if (L[l][0] < 0 || L[l][1] < 0 || L[l][2] < 1 || L[l][3] < 1 || L[l][4] < 1 ||
+                                L[l][5] < 1 || L[l][0] + (int64_t)(L[l][4] - 1) * L[l][2] >= height ||
+                                L[l][1] + (int64_t)(L[l][5] - 1) * L[l][3] >= width)
+                                bad = "gather: a lattice leaves the plane";
+                        for (int k = 0; !bad && k < n_nb; k++)
+                            if (N[k][0] < 0 || N[k][0] >= n_lat || N[k][3] < 0 || N[k][3] >= n_features)
+                                bad = "gather: a neighbour names no lattice or feature row";
+                        for (int k = 0; !bad && k < 4; k++)
+                            if (nearest[k] < 0 || nearest[k] >= n_nb) bad = "gather: nearest names no neighbour";
+                        if (bad) {
+                            PyErr_SetString(PyExc_ValueError, bad);
+                        } else {
+                            int32_t *values = PyMem_Malloc(sizeof(int32_t) * (size_t)(n_nb * (cols ? cols : 1)));
+                            if (!values) {
+                                PyErr_NoMemory();
+                            } else {
+                                Py_BEGIN_ALLOW_THREADS
+                                gather_rows(plane.buf, width, L, N, n_nb, nearest, rows, cols, col.buf, n_total,
+                                            start, base.buf, values);
+                                Py_END_ALLOW_THREADS
+                                PyMem_Free(values);
+                                result = Py_None;
+                                Py_INCREF(result);
+                            }
+                        }
+                        PyBuffer_Release(&base);
+                    }
+                    PyBuffer_Release(&col);
+                }
+                PyBuffer_Release(&near);
+            }
+            PyBuffer_Release(&nb);
+        }
+        PyBuffer_Release(&lat);
+    }
+    PyBuffer_Release(&plane);
+    return result;
+}
+
 static PyObject *instruction_set(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(best_path().layer == layer_portable ? "portable" : "avx512-vnni");
 }
 
 static PyMethodDef methods[] = {
     {"predict", predict, METH_VARARGS, predict_doc},
+    {"gather", gather, METH_VARARGS, gather_doc},
     {"instruction_set", instruction_set, METH_NOARGS, "The path this CPU takes: 'avx512-vnni' or 'portable'."},
     {NULL, NULL, 0, NULL},
 };

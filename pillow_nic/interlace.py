@@ -119,39 +119,69 @@ def target_views(plane: np.ndarray, p: Pass) -> list[np.ndarray]:
     return views[p.kind] if p.kind != "edge" else views["edge_h"] + views["edge_v"]
 
 
-def _neighbour_blocks(plane: np.ndarray, p: Pass) -> list[list[np.ndarray]]:
-    """Per target view of the pass: its neighbour arrays, each shaped like the view.
+def _lattice(height: int, width: int, row0: int, col0: int, step: int) -> tuple[int, ...]:
+    """(row0, col0, row step, col step, rows, cols) of the lattice ``plane[row0::step, col0::step]``."""
+    return (row0, col0, step, step, len(range(row0, height, step)), len(range(col0, width, step)))
 
-    The vertical edge pixels (2s*i+s, 2s*j) are the horizontal ones transposed, so
-    they use the same offsets with rows and columns swapped; an edge_v pass then adds
-    its EDGE_V_EXTRA neighbours."""
+
+def _target_geometry(height: int, width: int, p: Pass) -> list[tuple[int, int, list, list]]:
+    """Per target view of the pass (``target_views``' order): its rows and columns, the
+    lattices its neighbours lie on, and each neighbour as (lattice, dr, dc, feature), the
+    sample at lattice position (i + dr, j + dc) for target (i, j), clamped to the lattice.
+
+    The vertical edge pixels (2s*i+s, 2s*j) are the horizontal ones transposed, so they
+    use the same offsets with rows and columns swapped; an edge_v pass then adds its
+    EDGE_V_EXTRA neighbours as features NUM_NEIGHBOURS and on."""
     s = p.step
-    coarse = plane[0::2 * s, 0::2 * s]
+    coarse = _lattice(height, width, 0, 0, 2 * s)
+    diag = _lattice(height, width, s, s, 2 * s)
     if p.kind == "diag":
-        (view,) = target_views(plane, p)
-        return [_shifted(coarse, list(DIAG_OFFSETS), *view.shape)]
-    diag = plane[s::2 * s, s::2 * s]
-    if diag.size == 0:  # a single row or column of lattice: nothing in between
+        return [(diag[4], diag[5], [coarse], [(0, a, b, k) for k, (a, b) in enumerate(DIAG_OFFSETS)])]
+    if not diag[4] or not diag[5]:  # a single row or column of lattice: nothing in between
         diag = coarse
-    swaps = {"edge": (False, True), "edge_h": (False,), "edge_v": (True,)}[p.kind]
+    horizontal = _lattice(height, width, 0, s, 2 * s)
+    vertical = _lattice(height, width, s, 0, 2 * s)
+    views = {"edge": ((horizontal, False), (vertical, True)), "edge_h": ((horizontal, False),),
+             "edge_v": ((vertical, True),)}[p.kind]
     out = []
-    for swap, view in zip(swaps, target_views(plane, p)):
-        if view.size == 0:
-            out.append([])
-            continue
-        blocks: list[np.ndarray] = [None] * NUM_NEIGHBOURS  # type: ignore[list-item]
-        for name, arr in (("k", coarse), ("d", diag)):
-            idx = [i for i, o in enumerate(EDGE_OFFSETS) if o[0] == name]
-            offsets = [(EDGE_OFFSETS[i][2], EDGE_OFFSETS[i][1]) if swap else EDGE_OFFSETS[i][1:] for i in idx]
-            for i, v in zip(idx, _shifted(arr, offsets, *view.shape)):
-                blocks[i] = v
+    for target, swap in views:
+        lattices = [coarse, diag]
+        neighbours = [(0 if name == "k" else 1, *((b, a) if swap else (a, b)), k)
+                      for k, (name, a, b) in enumerate(EDGE_OFFSETS)]
         if p.kind == "edge_v":
-            (horizontal,) = target_views(plane, Pass(p.level, "edge_h"))
-            if horizontal.size == 0:  # one lattice column: no horizontal edge pixels
-                horizontal = coarse
-            blocks += _shifted(horizontal, list(EDGE_V_EXTRA), *view.shape)
-        out.append(blocks)
+            lattices.append(horizontal if horizontal[4] and horizontal[5] else coarse)  # one column: no edge_h
+            neighbours += [(2, a, b, NUM_NEIGHBOURS + e) for e, (a, b) in enumerate(EDGE_V_EXTRA)]
+        out.append((target[4], target[5], lattices, neighbours))
     return out
+
+
+def _gather_numpy(plane: np.ndarray, rows: int, cols: int, lattices: list, neighbours: list, nearest,
+                  columns: np.ndarray, start: int, base: np.ndarray) -> None:
+    """Features and bases of one target view (``_target_geometry``) into ``columns`` and
+    ``base`` from column ``start``: each neighbour minus the floor of the mean of the four
+    ``nearest``."""
+    values: list[np.ndarray] = [None] * len(neighbours)  # type: ignore[list-item]
+    for index, (row0, col0, row_step, col_step, _, _) in enumerate(lattices):
+        mine = [k for k, nb in enumerate(neighbours) if nb[0] == index]
+        arr = plane[row0::row_step, col0::col_step]
+        for k, v in zip(mine, _shifted(arr, [neighbours[k][1:3] for k in mine], rows, cols)):
+            values[k] = v
+    b = (values[nearest[0]] + values[nearest[1]] + values[nearest[2]] + values[nearest[3]]).astype(np.int32) >> 2
+    size = rows * cols
+    for v, (_, _, _, row) in zip(values, neighbours):
+        np.subtract(v, b, out=columns[row, start:start + size].reshape(b.shape), casting="unsafe")
+    base[start:start + size] = b.ravel()
+
+
+def _gather_compiled(plane: np.ndarray, rows: int, cols: int, lattices: list, neighbours: list, nearest,
+                     columns: np.ndarray, start: int, base: np.ndarray) -> None:
+    """``_gather_numpy`` in the compiled kernel: the same integers, without padded copies."""
+    from . import _intmlp
+
+    plane = np.ascontiguousarray(plane, dtype=np.int32)
+    _intmlp.gather(plane, plane.shape[0], plane.shape[1], np.asarray(lattices, np.int32),
+                   np.asarray(neighbours, np.int32), np.asarray(nearest, np.int32), rows, cols,
+                   columns, columns.shape[0], columns.shape[1], start, base)
 
 
 def _nearest(p: Pass) -> tuple[int, ...]:
@@ -165,30 +195,27 @@ class PassContext:
     every neighbour position and planes ``0..c-1`` to be known at the targets.
     """
 
-    def __init__(self, p: Pass):
+    def __init__(self, p: Pass, compiled: bool = False):
         self.p = p
+        self._gather = _gather_compiled if compiled else _gather_numpy
         self._earlier: list[np.ndarray] = []  # per earlier plane: (5, n) cross features
 
     def features(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (F, n) int16, feature-major, all within +-510; base prediction (n,)
-        int32) for the next plane."""
-        blocks = _neighbour_blocks(plane, self.p)
-        n = sum(b[0].size for b in blocks if b)
+        int32) for the next plane, an int32 array."""
+        geometry = _target_geometry(*plane.shape, self.p)
+        n = sum(rows * cols for rows, cols, _, _ in geometry)
         width = num_features(self.p.kind, len(self._earlier))
         columns = np.empty((width, n), dtype=np.int16)  # built feature by feature, contiguously
         base = np.empty(n, dtype=np.int32)
-        start = 0
         nearest = _nearest(self.p)
-        for nb in blocks:
-            if not nb:
-                continue
-            size = nb[0].size
-            b = (nb[nearest[0]] + nb[nearest[1]] + nb[nearest[2]] + nb[nearest[3]]).astype(np.int32) >> 2
-            for j, v in enumerate(nb):
-                row = j if j < NUM_NEIGHBOURS else width - len(EDGE_V_EXTRA) + j - NUM_NEIGHBOURS
-                np.subtract(v, b, out=columns[row, start:start + size].reshape(b.shape), casting="unsafe")
-            base[start:start + size] = b.ravel()
-            start += size
+        start = 0
+        for rows, cols, lattices, neighbours in geometry:
+            if rows * cols:
+                rows_of = [(l, dr, dc, f if f < NUM_NEIGHBOURS else width - len(EDGE_V_EXTRA) + f - NUM_NEIGHBOURS)
+                           for l, dr, dc, f in neighbours]
+                self._gather(plane, rows, cols, lattices, rows_of, nearest, columns, start, base)
+                start += rows * cols
         col = NUM_NEIGHBOURS
         for earlier in self._earlier:
             columns[col:col + CROSS_FEATURES] = earlier

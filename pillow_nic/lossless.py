@@ -175,8 +175,9 @@ def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables):
     (pass, plane, spec, centres, table indices).  The caller must have the pass's values
     in ``plane`` when it resumes the generator, which then records them for later planes."""
     h, w = planes[0].shape
+    compiled = _compiled(package) is not None  # the kernel's feature gathering comes with it
     for p in interlace.passes(h, w, tables.schedule):
-        ctx = interlace.PassContext(p)
+        ctx = interlace.PassContext(p, compiled)
         for plane, spec in zip(planes, specs):
             columns, base = ctx.features(plane)
             mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), columns)

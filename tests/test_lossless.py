@@ -62,6 +62,41 @@ def test_contexts_see_only_coded_pixels(schedule):
                 view[...] = True
 
 
+@pytest.mark.skipif(not intnet.compiled_available(), reason="the compiled kernel (pillow_nic._intmlp) is not built here")
+@pytest.mark.parametrize("schedule", sorted(interlace.SCHEDULES))
+def test_compiled_gathering_equals_numpy(schedule):
+    """The kernel's feature gathering gives the NumPy gathering's features, bases and cross
+    features for every pass and plane, at odd sizes, one-pixel strips and the sample range."""
+    rng = np.random.default_rng(schedule)
+    for h, w in SIZES + [(1, 64), (64, 1), (5, 9), (255, 257)]:
+        planes = [rng.integers(lo, 256, (h, w)).astype(np.int32) for lo in (0, -255, -255)]
+        planes[1][0, 0], planes[2][-1, -1] = -255, 255
+        for p in interlace.passes(h, w, schedule):
+            ours, reference = interlace.PassContext(p, compiled=True), interlace.PassContext(p)
+            for plane in planes:
+                got, got_base = ours.features(plane)
+                expected, base = reference.features(plane)
+                assert np.array_equal(got, expected) and np.array_equal(got_base, base), (h, w, p)
+                ours.add_coded(plane)
+                reference.add_coded(plane)
+
+
+@pytest.mark.skipif(not intnet.compiled_available(), reason="the compiled kernel (pillow_nic._intmlp) is not built here")
+@pytest.mark.parametrize("lattice, neighbour, message", [
+    ((0, 0, 2, 2, 5, 4), (0, 0, 0, 0), "leaves the plane"),
+    ((0, 0, 2, 2, 4, 4), (1, 0, 0, 0), "names no lattice"),
+    ((0, 0, 2, 2, 4, 4), (0, 0, 0, 3), "names no lattice or feature row"),
+])
+def test_compiled_gathering_refuses_indices_outside_its_buffers(lattice, neighbour, message):
+    from pillow_nic import _intmlp
+
+    plane = np.zeros((8, 8), np.int32)
+    columns, base = np.zeros((2, 4), np.int16), np.zeros(4, np.int32)
+    with pytest.raises(ValueError, match=message):
+        _intmlp.gather(plane, 8, 8, np.array([lattice], np.int32), np.array([neighbour], np.int32),
+                       np.zeros(4, np.int32), 2, 2, columns, 2, 4, 0, base)
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_photo_round_trip_is_exact_and_small(photo, runtime):
     data = pillow_nic.encode(photo, "RGB", lossless=True, runtime=runtime)
