@@ -1,9 +1,10 @@
-"""Builds the optional compiled kernel (pillow_nic._intmlp); everything else is in pyproject.toml.
+"""Builds the optional compiled kernels (pillow_nic._intmlp: the lossless networks and their
+features; pillow_nic._rans: rANS decoding); everything else is in pyproject.toml.
 
-Without a C compiler the package installs and works without it (ONNX Runtime then runs
-the lossless networks, with identical results)."""
+Without a C compiler the package installs and works without them (ONNX Runtime then runs
+the lossless networks and constriction decodes, with identical results)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("pillow_nic._intmlp", ["pillow_nic/_intmlp.c"], optional=True,
-                             extra_compile_args=["-O3"])])
+setup(ext_modules=[Extension(name, [f"pillow_nic/{name.split('.')[-1]}.c"], optional=True, extra_compile_args=["-O3"])
+                   for name in ("pillow_nic._intmlp", "pillow_nic._rans")])

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-import constriction
 import numpy as np
 
 from . import entropy, interlace, intnet
@@ -48,7 +47,7 @@ def _plane_specs(n_planes: int) -> tuple[PlaneSpec, ...]:
 
 
 class _Tables:
-    """constriction models for every (row, offset) of a package's two table families,
+    """Coding tables for every (row, offset) of a package's two table families,
     and the package's pass schedule (``interlace.SCHEDULES``; 1 when not named).
 
     The number of offsets per row (a power of two) is the package's mean resolution:
@@ -62,7 +61,7 @@ class _Tables:
                    for plane in range(PLANES) if model_key(kind, plane) not in graphs]
         if missing:
             raise NicError(f"lossless model lacks the networks {', '.join(missing)}")
-        self.models: dict[int, list] = {}
+        self.models: dict[int, entropy.TableSet] = {}
         self.offsets = tables["family255"].shape[1]
         if self.offsets & (self.offsets - 1) or not 1 <= self.offsets <= 16:
             raise NicError(f"model tables have {self.offsets} mean offsets (not a power of two up to 16)")
@@ -71,8 +70,8 @@ class _Tables:
             family = tables[f"family{radius}"]
             if family.shape != (SCALE_BINS, self.offsets, 2 * radius + 1):
                 raise NicError(f"model tables family{radius} have shape {family.shape}")
-            self.models[radius] = entropy.categorical_models(family)
-        self.uniform = {255: constriction.stream.model.Uniform(256), 510: constriction.stream.model.Uniform(511)}
+            self.models[radius] = entropy.TableSet.categorical(family)
+        self.uniform = {255: entropy.TableSet.uniform(256), 510: entropy.TableSet.uniform(511)}
         self.families = {radius: tables[f"family{radius}"] for radius in (255, 510)}
 
     @cached_property
@@ -137,7 +136,7 @@ CALIBRATED_ROWS = np.array([
     np.clip(np.arange(SCALE_BINS) + shift + ((slope * (np.arange(SCALE_BINS) - CALIBRATION_PIVOT) + 4) >> 3),
             0, SCALE_BINS - 1)
     for shift in CALIBRATION_SHIFTS for slope in CALIBRATION_SLOPES])
-CALIBRATIONS = constriction.stream.model.Uniform(len(CALIBRATED_ROWS))
+CALIBRATIONS = entropy.TableSet.uniform(len(CALIBRATED_ROWS))
 _reach = int(np.abs(CALIBRATED_ROWS - np.arange(SCALE_BINS)).max())
 CALIBRATION_MOVES = np.arange(-_reach, _reach + 1)  # how far a calibration can move a row
 UNCALIBRATED = CALIBRATION_SHIFTS.index(0) * len(CALIBRATION_SLOPES) + CALIBRATION_SLOPES.index(0)
@@ -213,7 +212,7 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int, calibr
     n_planes = shape[2] if len(shape) == 3 else 1
     specs = _plane_specs(n_planes)
     tables = _tables_for(package)
-    dec = entropy.Decoder(data, f"tile {index}")
+    dec = entropy.Decoder(data, f"tile {index}", compiled=package.runtime == "onnxruntime")
     planes = [np.zeros((h, w), dtype=np.int32) for _ in specs]
     levels = interlace.num_levels(h, w)
     for plane, spec in zip(planes, specs):

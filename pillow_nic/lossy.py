@@ -37,7 +37,7 @@ class _Lossy:
         family = t["family127"]
         if family.shape != (SCALE_BINS, 2 * LATENT_CLIP + 1):
             raise NicError(f"lossy model tables have shape {family.shape}")
-        self.models = entropy.categorical_models(family)
+        self.models = entropy.TableSet.categorical(family)
         self.z_rows = t["z_rows"].astype(np.int64)
         self.log_gain = t["log_gain"].astype(np.float64)
         self.log_inv_gain = t["log_inv_gain"].astype(np.float64)
@@ -136,7 +136,7 @@ def decode_latents(package, data: bytes, shape: tuple[int, int], quality: int, i
     if (zh, zw) != (-(-h // ALIGN), -(-w // ALIGN)) or yc != lossy.log_gain.shape[1] or \
             zc != lossy.z_rows.shape[1]:
         raise NicError(f"tile {index}: lossy payload does not match the tile size or model")
-    dec = entropy.Decoder(memoryview(data)[_HEAD.size:], f"tile {index}")
+    dec = entropy.Decoder(memoryview(data)[_HEAD.size:], f"tile {index}", compiled=package.runtime == "onnxruntime")
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], (zc, zh, zw)).ravel()
     z_hat = (dec.decode_grouped(lossy.models, z_rows) - LATENT_CLIP).reshape(1, zc, zh, zw)
     mean8, rows = _hyper(package, z_hat)

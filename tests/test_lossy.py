@@ -201,6 +201,7 @@ class _WithUncodedRows:
 
     def __init__(self, package, uncoded_rows: int):
         self.package = package
+        self.runtime = package.runtime
         self.tables = dict(package.tables, uncoded_rows=np.int32(uncoded_rows))
 
     def graph(self, role: str, keep_buffers: bool = False):
