@@ -106,11 +106,11 @@ def _compiled(package) -> dict[str, intnet.CompiledNetwork] | None:
 
 
 def _predict(package, key: str, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean in 1/offsets levels, table row) per pixel, integers, from feature-major columns."""
+    """(mean in 1/offsets levels, table row) per pixel, integer arrays, from feature-major columns."""
     compiled = _compiled(package)
     if compiled is not None:
         mean_q, row = compiled[key].run(columns)
-        return mean_q.astype(np.int64), np.clip(row, 0, SCALE_BINS - 1).astype(np.int64)
+        return mean_q, np.clip(row, 0, SCALE_BINS - 1)  # int32: the decoder's table indices are
     graph = package.graph(key)
     chunk = PREDICT_CHUNK[package.runtime]
     n = columns.shape[1]
@@ -135,7 +135,7 @@ CALIBRATION_PIVOT = 32
 CALIBRATED_ROWS = np.array([
     np.clip(np.arange(SCALE_BINS) + shift + ((slope * (np.arange(SCALE_BINS) - CALIBRATION_PIVOT) + 4) >> 3),
             0, SCALE_BINS - 1)
-    for shift in CALIBRATION_SHIFTS for slope in CALIBRATION_SLOPES])
+    for shift in CALIBRATION_SHIFTS for slope in CALIBRATION_SLOPES], dtype=np.int32)
 CALIBRATIONS = entropy.TableSet.uniform(len(CALIBRATED_ROWS))
 _reach = int(np.abs(CALIBRATED_ROWS - np.arange(SCALE_BINS)).max())
 CALIBRATION_MOVES = np.arange(-_reach, _reach + 1)  # how far a calibration can move a row
