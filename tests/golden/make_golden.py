@@ -91,6 +91,9 @@ CASES = {
     # nic-lossless-6 (nic-lossless-4 trained on native-resolution crops, tables refitted)
     "lossless6_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
     "lossless6_l_45x31": ("L", 45, 31, dict(lossless=True)),
+    # session 8: nic-lossless-8 (64-64 networks, lossless_v10, tables refitted)
+    "lossless8_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
+    "lossless8_la_41x30": ("LA", 41, 30, dict(lossless=True)),
 }
 
 
