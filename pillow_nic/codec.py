@@ -19,9 +19,9 @@ import numpy as np
 import zstandard
 
 from . import container
-from .container import (CODER_LOSSLESS_CALIBRATED, CODER_LOSSY, CODER_RAW, CODER_STANDARD, CODER_ZSTD, HYBRID,
-                        LEARNED_LOSSLESS, LOSSLESS, LOSSY, MODE_LAYERS, QUALITY_CODINGS, STORED, Header, Layer,
-                        NicError, Tile)
+from .container import (CODER_LOSSLESS_CALIBRATED, CODER_LOSSLESS_RGB_PLANES, CODER_LOSSY, CODER_RAW,
+                        CODER_STANDARD, CODER_ZSTD, HYBRID, LEARNED_LOSSLESS, LOSSLESS, LOSSY, MODE_LAYERS,
+                        QUALITY_CODINGS, STORED, Header, Layer, NicError, Tile)
 
 SUPPORTED_MODES = tuple(MODE_LAYERS)
 DEFAULT_TILE = {STORED: 256, LOSSLESS: 512, LOSSY: 512, HYBRID: 1024}  # hybrid: one JPEG header per MP
@@ -188,10 +188,18 @@ def encode(pixels: np.ndarray, mode: str, *, lossless: bool = True, quality: int
 
 
 def _lossless_coder(model, processes):
-    """Coder 5 for each tile, in the worker processes if given."""
+    """Coder 5 for each tile, and coder 6 too for RGB tiles with a clipped channel (the
+    smaller wins), in the worker processes if given."""
     from . import lossless
     encode = processes.encode if processes is not None else lossless.encode_tile
-    return lambda tile: (CODER_LOSSLESS_CALIBRATED, encode(model, tile))
+
+    def code(tile: np.ndarray) -> tuple[int, bytes]:
+        candidates = [(CODER_LOSSLESS_CALIBRATED, encode(model, tile))]
+        if lossless.clipped_channel(tile):
+            candidates.append((CODER_LOSSLESS_RGB_PLANES, encode(model, tile, separate=True)))
+        return min(candidates, key=lambda c: len(c[1]))
+
+    return code
 
 
 def _code_tiles(pixels: np.ndarray, boxes: list, coder) -> list[tuple[int, bytes]]:
@@ -304,7 +312,7 @@ def _process_pool(boxes: list[tuple[int, int, int, int]]):
 
 def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model,
                  index: int, processes=None) -> np.ndarray:
-    """One coder 0, 1, 2 or 5 tile; learned ones in the worker processes if given."""
+    """One coder 0, 1, 2, 5 or 6 tile; learned ones in the worker processes if given."""
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if coder == CODER_ZSTD:
         try:
@@ -317,4 +325,5 @@ def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtyp
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     from . import lossless
     decode = processes.decode if processes is not None else lossless.decode_tile
-    return decode(model, data, shape, index, coder == CODER_LOSSLESS_CALIBRATED)
+    return decode(model, data, shape, index, coder == CODER_LOSSLESS_CALIBRATED,
+                  coder == CODER_LOSSLESS_RGB_PLANES)

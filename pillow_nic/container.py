@@ -27,9 +27,11 @@ CODINGS = {STORED: "stored", LOSSLESS: "lossless", LOSSY: "lossy", HYBRID: "hybr
 QUALITY_CODINGS = (LOSSY, HYBRID)  # colour layers of 8-bit modes only, with a quality 1-100
 
 CODER_RAW, CODER_ZSTD, CODER_LOSSLESS, CODER_LOSSY, CODER_STANDARD, CODER_LOSSLESS_CALIBRATED = 0, 1, 2, 3, 4, 5
+CODER_LOSSLESS_RGB_PLANES = 6
 CODERS = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_LOSSLESS: "learned-lossless", CODER_LOSSY: "learned-lossy",
-          CODER_STANDARD: "standard-codec", CODER_LOSSLESS_CALIBRATED: "learned-lossless-calibrated"}
-LEARNED_LOSSLESS = (CODER_LOSSLESS, CODER_LOSSLESS_CALIBRATED)
+          CODER_STANDARD: "standard-codec", CODER_LOSSLESS_CALIBRATED: "learned-lossless-calibrated",
+          CODER_LOSSLESS_RGB_PLANES: "learned-lossless-rgb-planes"}
+LEARNED_LOSSLESS = (CODER_LOSSLESS, CODER_LOSSLESS_CALIBRATED, CODER_LOSSLESS_RGB_PLANES)
 CODERS_FOR_CODING = {
     STORED: {CODER_RAW, CODER_ZSTD},
     LOSSLESS: {CODER_RAW, CODER_ZSTD, *LEARNED_LOSSLESS},
@@ -185,6 +187,8 @@ def read_header(fp: BinaryIO) -> Header:
             coder, length, crc = _TILE.unpack_from(table, t * _TILE.size)
             if coder not in CODERS_FOR_CODING[coding]:
                 raise NicError(f"layer {li} tile {t}: coder {coder} not allowed for {CODINGS[coding]} coding")
+            if coder == CODER_LOSSLESS_RGB_PLANES and planes != 3:
+                raise NicError(f"layer {li} tile {t}: coder 6 needs a three-plane layer, not {planes}")
             tiles.append(Tile(coder, length, crc))
         header.layers.append(Layer(planes, coding, quality, name.decode(), model_hash, tiles))
     (n_meta,) = take(1, "metadata count")

@@ -1,4 +1,4 @@
-"""Coders 2 and 5: learned lossless coding of one tile (FORMAT.md, "Coder 2", "Coder 5").
+"""Coders 2, 5 and 6: learned lossless coding of one tile (FORMAT.md, "Coder 2", "Coder 5", "Coder 6").
 
 The tile's planes are visited in interlaced order (``interlace``); for each pass
 and plane the model's integer-exact network predicts, for every pixel of the
@@ -169,15 +169,18 @@ def _to_planes(tile: np.ndarray) -> list[np.ndarray]:
     return rgb_to_ycocg(tile) if tile.ndim == 3 else [tile.astype(np.int32)]
 
 
-def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables):
+def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables, independent: bool = False):
     """The coding schedule shared by encoder and decoder: for each pass and plane, yield
     (pass, plane, spec, centres, table indices).  The caller must have the pass's values
-    in ``plane`` when it resumes the generator, which then records them for later planes."""
+    in ``plane`` when it resumes the generator, which then records them for later planes
+    (unless ``independent``: then every plane is predicted as a first plane)."""
     h, w = planes[0].shape
     compiled = _compiled(package) is not None  # the kernel's feature gathering comes with it
     for p in interlace.passes(h, w, tables.schedule):
         ctx = interlace.PassContext(p, compiled)
         for plane, spec in zip(planes, specs):
+            if independent:
+                ctx = interlace.PassContext(p, compiled)
             columns, base = ctx.features(plane)
             mean_q, row = _predict(package, model_key(p.kind, spec.model_plane), columns)
             centre, table = _centres_and_tables(base, mean_q, row, spec, tables)
@@ -185,20 +188,32 @@ def _predictions(package, planes: list[np.ndarray], specs, tables: _Tables):
             ctx.add_coded(plane)
 
 
-def encode_tile(package, tile: np.ndarray, calibrated: bool = True) -> bytes:
+def clipped_channel(tile: np.ndarray) -> bool:
+    """Whether an RGB tile has a channel with an eighth of its samples at 0 or 255: where a
+    channel is clipped (a blown sky), YCoCg spreads the others' variation over all three
+    planes, and coding R, G and B as separate planes (coder 6) can be smaller.  The
+    encoder tries coder 6 only there (not normative)."""
+    if tile.ndim != 3:
+        return False
+    n = tile.shape[0] * tile.shape[1]
+    return any(np.count_nonzero((c == 0) | (c == 255)) * 8 >= n for c in np.moveaxis(tile, 2, 0))
+
+
+def encode_tile(package, tile: np.ndarray, calibrated: bool = True, separate: bool = False) -> bytes:
     """Code an (h, w) or (h, w, 3) uint8 tile; returns the payload bytes of coder 5
-    (``calibrated``) or coder 2."""
-    planes = _to_planes(tile)
-    specs = _plane_specs(len(planes))
+    (``calibrated``) or coder 2, or of coder 6 (``separate``: an RGB tile's R, G and B
+    coded as three independent grey planes, calibrated)."""
+    planes = [tile[..., c].astype(np.int32) for c in range(3)] if separate else _to_planes(tile)
+    specs = (GREY,) * 3 if separate else _plane_specs(len(planes))
     tables = _tables_for(package)
     h, w = planes[0].shape
     levels = interlace.num_levels(h, w)
     enc = entropy.Encoder()
     for plane, spec in zip(planes, specs):
         enc.add(tables.uniform[spec.radius], interlace.top_lattice(plane, levels).ravel() - spec.lo)
-    for p, plane, spec, centre, table in _predictions(package, planes, specs, tables):
+    for p, plane, spec, centre, table in _predictions(package, planes, specs, tables, separate):
         symbols = interlace.target_values(plane, p) - centre + spec.radius
-        if calibrated:
+        if calibrated or separate:
             calibration = _best_calibration(table, symbols, spec.radius, tables) if len(symbols) else UNCALIBRATED
             enc.add(CALIBRATIONS, [calibration])
             table = _calibrated(table, calibration, tables)
@@ -206,11 +221,14 @@ def encode_tile(package, tile: np.ndarray, calibrated: bool = True) -> bytes:
     return enc.finish()
 
 
-def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool = True) -> np.ndarray:
+def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool = True,
+                separate: bool = False) -> np.ndarray:
     """Inverse of encode_tile; NicError if the payload is inconsistent."""
     h, w = shape[:2]
     n_planes = shape[2] if len(shape) == 3 else 1
-    specs = _plane_specs(n_planes)
+    if separate and n_planes != 3:
+        raise NicError(f"tile {index}: coder 6 codes RGB tiles only")
+    specs = (GREY,) * 3 if separate else _plane_specs(n_planes)
     tables = _tables_for(package)
     dec = entropy.Decoder(data, f"tile {index}", compiled=package.runtime == "onnxruntime")
     planes = [np.zeros((h, w), dtype=np.int32) for _ in specs]
@@ -218,14 +236,16 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int, calibr
     for plane, spec in zip(planes, specs):
         top = interlace.top_lattice(plane, levels)
         top[...] = dec.decode(tables.uniform[spec.radius], top.size).reshape(top.shape) + spec.lo
-    for p, plane, spec, centre, table in _predictions(package, planes, specs, tables):
-        if calibrated:
+    for p, plane, spec, centre, table in _predictions(package, planes, specs, tables, separate):
+        if calibrated or separate:
             table = _calibrated(table, int(dec.decode(CALIBRATIONS, 1)[0]), tables)
         values = dec.decode_grouped(tables.models[spec.radius], table) + centre - spec.radius
         if len(values) and (values.min() < spec.lo or values.max() > spec.hi):
             raise NicError(f"tile {index}: decoded samples out of range (corrupt data)")
         interlace.store_values(plane, p, values)
     dec.check_finished()
+    if separate:
+        return np.stack(planes, axis=2).astype(np.uint8)
     if n_planes == 1:
         return planes[0].astype(np.uint8)
     try:

@@ -100,13 +100,14 @@ class TilePool:
         for _ in range(size):
             self._idle.put(_Worker())
 
-    def encode(self, package, tile: np.ndarray) -> bytes:
-        """``lossless.encode_tile(package, tile)`` (coder 5) in a worker process."""
-        return self._call(package, "encode_tile", np.ascontiguousarray(tile))
+    def encode(self, package, tile: np.ndarray, separate: bool = False) -> bytes:
+        """``lossless.encode_tile(package, tile, separate=separate)`` (coder 5 or 6) in a worker process."""
+        return self._call(package, "encode_tile", np.ascontiguousarray(tile), True, separate)
 
-    def decode(self, package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool) -> np.ndarray:
+    def decode(self, package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool,
+               separate: bool = False) -> np.ndarray:
         """``lossless.decode_tile`` in a worker process."""
-        return self._call(package, "decode_tile", bytes(data), shape, index, calibrated)
+        return self._call(package, "decode_tile", bytes(data), shape, index, calibrated, separate)
 
     def _call(self, package, job: str, *args):
         worker = self._idle.get()

@@ -31,6 +31,15 @@ def synthetic(h: int, w: int, channels: int, seed: int = 0) -> np.ndarray:
     return arr[..., 0] if channels == 1 else arr
 
 
+def clipped_sky(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """An RGB blown sky: red and green clipped at 255, blue a noisy gradient (the case
+    coder 6 is for)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    blue = np.clip(150 + (x + 2 * y) % 90 + rng.normal(0, 4, (h, w)), 0, 255)
+    return np.stack([np.full((h, w), 255), np.full((h, w), 255), blue], axis=-1).astype(np.uint8)
+
+
 def image_for_mode(mode: str, h: int, w: int, seed: int = 0) -> np.ndarray:
     """A test array for a Pillow mode, as the library API takes it."""
     if mode == "1":

@@ -11,7 +11,7 @@ import pytest
 import pillow_nic
 from pillow_nic import container, interlace, intnet, lossless, models
 from pillow_nic.colour import rgb_to_ycocg, ycocg_to_rgb
-from conftest import SAMPLE, image_for_mode, kodak_files, needs_kodak
+from conftest import SAMPLE, clipped_sky, image_for_mode, kodak_files, needs_kodak
 
 RUNTIMES = ["onnxruntime", "numpy"]
 pytestmark = pytest.mark.skipif(models.default_model("lossless") is None, reason="no lossless model released")
@@ -95,6 +95,39 @@ def test_compiled_gathering_refuses_indices_outside_its_buffers(lattice, neighbo
     with pytest.raises(ValueError, match=message):
         _intmlp.gather(plane, 8, 8, np.array([lattice], np.int32), np.array([neighbour], np.int32),
                        np.zeros(4, np.int32), 2, 2, columns, 2, 4, 0, base)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_clipped_channel_tiles_use_coder_6_and_round_trip(photo, runtime):
+    """A blown sky (R and G at 255) is coded with R, G and B as separate planes, smaller
+    than through YCoCg, and decodes exactly; ordinary tiles keep coder 5."""
+    sky = clipped_sky(80, 80)
+    image = np.concatenate([sky, photo[:80, :80]], axis=1)
+    data = pillow_nic.encode(image, "RGB", lossless=True, tile_size=80, runtime=runtime)
+    coders = [t.coder for t in pillow_nic.read_info(data).layers[0].tiles]
+    assert coders == [container.CODER_LOSSLESS_RGB_PLANES, container.CODER_LOSSLESS_CALIBRATED]
+    assert np.array_equal(pillow_nic.decode(data, runtime=runtime).pixels, image)
+    package = models.default_model("lossless", runtime)
+    assert len(lossless.encode_tile(package, sky, separate=True)) < 0.7 * len(lossless.encode_tile(package, sky))
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (2, 3), (17, 33), (64, 1)])
+def test_separate_planes_round_trip_at_odd_sizes(h, w):
+    package = models.default_model("lossless")
+    tile = image_for_mode("RGB", h, w, seed=h * w)
+    data = lossless.encode_tile(package, tile, separate=True)
+    assert np.array_equal(lossless.decode_tile(package, data, tile.shape, 0, separate=True), tile)
+    with pytest.raises(pillow_nic.NicError, match="RGB tiles only"):
+        lossless.decode_tile(package, data, (h, w), 0, separate=True)
+
+
+def test_clipped_channel_rule():
+    tile = image_for_mode("RGB", 16, 16)
+    assert not lossless.clipped_channel(tile[..., 0]) and not lossless.clipped_channel(np.full((16, 16, 3), 128))
+    tile[:2, :, 1] = 255  # an eighth of the green samples
+    assert lossless.clipped_channel(tile)
+    tile[:2, :1, 1] = 254
+    assert not lossless.clipped_channel(tile)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

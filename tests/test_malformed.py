@@ -172,6 +172,14 @@ def test_tile_coder_not_allowed_for_coding(good):
     assert_rejected(patch(good, stored_tile_record_offset(good), "<B", 2), "not allowed")
 
 
+def test_rgb_planes_coder_needs_three_planes():
+    data = pillow_nic.encode(image_for_mode("L", 40, 37), "L", lossless=True)
+    assert data[23] == container.LOSSLESS
+    first_tile = 22 + 4 + data[25] + 32
+    assert data[first_tile] == container.CODER_LOSSLESS_CALIBRATED
+    assert_rejected(patch(data, first_tile, "<B", container.CODER_LOSSLESS_RGB_PLANES), "three-plane")
+
+
 def test_unknown_model_hash_is_named(good):
     # turn layer 0 into a lossless layer naming a model nobody has
     b = bytearray(good)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
 import pillow_nic  # noqa: E402
-from conftest import image_for_mode  # noqa: E402
+from conftest import clipped_sky, image_for_mode  # noqa: E402
 
 
 def pixel_hash(pixels: np.ndarray) -> str:
@@ -94,6 +94,14 @@ CASES = {
     # session 8: nic-lossless-8 (64-64 networks, lossless_v10, tables refitted)
     "lossless8_rgb_57x66": ("RGB", 57, 66, dict(lossless=True, tile_size=32)),
     "lossless8_la_41x30": ("LA", 41, 30, dict(lossless=True)),
+    # session 8: coder 6 (R, G, B as separate planes) on a blown sky beside an ordinary tile
+    "lossless8planes_rgb_48x96": ("RGB", 48, 96, dict(lossless=True, tile_size=48)),
+}
+
+#: cases whose pixels are not image_for_mode's: name -> (height, width, seed) -> pixels
+PIXELS = {
+    "lossless8planes_rgb_48x96": lambda h, w, seed: np.concatenate(
+        [clipped_sky(h, w // 2, seed), image_for_mode("RGB", h, w - w // 2, seed)], axis=1),
 }
 
 
@@ -103,7 +111,7 @@ def main() -> None:
     for name, (mode, h, w, opts) in CASES.items():
         if name in index:
             continue
-        arr = image_for_mode(mode, h, w, seed=len(name))
+        arr = PIXELS.get(name, lambda h, w, seed: image_for_mode(mode, h, w, seed))(h, w, len(name))
         data = pillow_nic.encode(arr, mode, metadata={"xmp": name.encode()}, **opts)
         (HERE / f"{name}.nic").write_bytes(data)
         entry = dict(mode=mode, size=[w, h], file_sha256=hashlib.sha256(data).hexdigest())
