@@ -202,7 +202,7 @@ class PassContext:
 
     def features(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (F, n) int16, feature-major, all within +-510; base prediction (n,)
-        int32) for the next plane, an int32 array."""
+        int32) for the next plane (an int32 array)."""
         geometry = _target_geometry(*plane.shape, self.p)
         n = sum(rows * cols for rows, cols, _, _ in geometry)
         width = num_features(self.p.kind, len(self._earlier))

@@ -110,7 +110,7 @@ def _predict(package, key: str, columns: np.ndarray) -> tuple[np.ndarray, np.nda
     compiled = _compiled(package)
     if compiled is not None:
         mean_q, row = compiled[key].run(columns)
-        return mean_q, np.clip(row, 0, SCALE_BINS - 1)  # int32: the decoder's table indices are
+        return mean_q, np.clip(row, 0, SCALE_BINS - 1)  # int32, as the compiled rANS decoder takes table indices
     graph = package.graph(key)
     chunk = PREDICT_CHUNK[package.runtime]
     n = columns.shape[1]
