@@ -143,9 +143,25 @@ def _encode_pil(im: Image.Image, fmt: str, save_args: dict) -> bytes:
     return buf.getvalue()
 
 
+def _kernels() -> str:
+    """Which compiled kernels the ONNX Runtime path uses (lossless decoding is several times
+    slower without them; the bits are the same)."""
+    from . import entropy, intnet
+
+    parts = []
+    if intnet.compiled_available():
+        from . import _intmlp
+
+        parts.append(f"lossless networks ({_intmlp.instruction_set()})")
+    if entropy._compiled_decoder() is not None:
+        parts.append("rANS decoding")
+    return ", ".join(parts) if parts else "none (ONNX Runtime runs the lossless networks, constriction decodes)"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     if args.runtime:
         print(f"runtime: {runtime.select()} (available: onnxruntime={'yes' if runtime.onnxruntime_available() else 'no'}, numpy=yes)")
+        print(f"compiled kernels: {_kernels()}")
     if not args.file:
         return 0 if args.runtime else 2
     try:

@@ -46,7 +46,7 @@ def test_info_and_runtime(images, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["info", str(tmp_path / "a.nic"), "--runtime"]) == 0
     out = capsys.readouterr().out
-    assert "30x20" in out and "bpp" in out and "runtime:" in out
+    assert "30x20" in out and "bpp" in out and "runtime:" in out and "compiled kernels:" in out
 
 
 def test_compare(images, tmp_path, capsys):
