@@ -325,5 +325,5 @@ def _decode_tile(coder: int, data: bytes, shape: tuple[int, ...], dtype: np.dtyp
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     from . import lossless
     decode = processes.decode if processes is not None else lossless.decode_tile
-    return decode(model, data, shape, index, coder == CODER_LOSSLESS_CALIBRATED,
+    return decode(model, data, shape, index, coder in (CODER_LOSSLESS_CALIBRATED, CODER_LOSSLESS_RGB_PLANES),
                   coder == CODER_LOSSLESS_RGB_PLANES)

@@ -110,13 +110,15 @@ def _shifted(arr: np.ndarray, offsets: list[tuple[int, int]], rows: int, cols: i
     return [padded[top + a:top + a + rows, left + b:left + b + cols] for a, b in offsets]
 
 
+#: Per pass kind, the origin (row, col) of each lattice of pixels it codes, in steps: a
+#: pass at level l codes ``plane[row*s::2s, col*s::2s]`` (s = 2**l).
+TARGET_ORIGINS = {"diag": ((1, 1),), "edge_h": ((0, 1),), "edge_v": ((1, 0),), "edge": ((0, 1), (1, 0))}
+
+
 def target_views(plane: np.ndarray, p: Pass) -> list[np.ndarray]:
     """Writable views of the pixels a pass codes (two for edge, else one)."""
     s = p.step
-    views = {"diag": [plane[s::2 * s, s::2 * s]],
-             "edge_h": [plane[0::2 * s, s::2 * s]],
-             "edge_v": [plane[s::2 * s, 0::2 * s]]}
-    return views[p.kind] if p.kind != "edge" else views["edge_h"] + views["edge_v"]
+    return [plane[a * s::2 * s, b * s::2 * s] for a, b in TARGET_ORIGINS[p.kind]]
 
 
 def _lattice(height: int, width: int, row0: int, col0: int, step: int) -> tuple[int, ...]:
@@ -140,11 +142,9 @@ def _target_geometry(height: int, width: int, p: Pass) -> list[tuple[int, int, l
     if not diag[4] or not diag[5]:  # a single row or column of lattice: nothing in between
         diag = coarse
     horizontal = _lattice(height, width, 0, s, 2 * s)
-    vertical = _lattice(height, width, s, 0, 2 * s)
-    views = {"edge": ((horizontal, False), (vertical, True)), "edge_h": ((horizontal, False),),
-             "edge_v": ((vertical, True),)}[p.kind]
     out = []
-    for target, swap in views:
+    for row, col in TARGET_ORIGINS[p.kind]:
+        target, swap = _lattice(height, width, row * s, col * s, 2 * s), row == 1  # vertical edge pixels
         lattices = [coarse, diag]
         neighbours = [(0 if name == "k" else 1, *((b, a) if swap else (a, b)), k)
                       for k, (name, a, b) in enumerate(EDGE_OFFSETS)]

@@ -201,8 +201,8 @@ def clipped_channel(tile: np.ndarray) -> bool:
 
 def encode_tile(package, tile: np.ndarray, calibrated: bool = True, separate: bool = False) -> bytes:
     """Code an (h, w) or (h, w, 3) uint8 tile; returns the payload bytes of coder 5
-    (``calibrated``) or coder 2, or of coder 6 (``separate``: an RGB tile's R, G and B
-    coded as three independent grey planes, calibrated)."""
+    (``calibrated``) or coder 2, or of coder 6 (``separate`` and ``calibrated``: an RGB
+    tile's R, G and B coded as three independent grey planes)."""
     planes = [tile[..., c].astype(np.int32) for c in range(3)] if separate else _to_planes(tile)
     specs = (GREY,) * 3 if separate else _plane_specs(len(planes))
     tables = _tables_for(package)
@@ -213,7 +213,7 @@ def encode_tile(package, tile: np.ndarray, calibrated: bool = True, separate: bo
         enc.add(tables.uniform[spec.radius], interlace.top_lattice(plane, levels).ravel() - spec.lo)
     for p, plane, spec, centre, table in _predictions(package, planes, specs, tables, separate):
         symbols = interlace.target_values(plane, p) - centre + spec.radius
-        if calibrated or separate:
+        if calibrated:
             calibration = _best_calibration(table, symbols, spec.radius, tables) if len(symbols) else UNCALIBRATED
             enc.add(CALIBRATIONS, [calibration])
             table = _calibrated(table, calibration, tables)
@@ -223,7 +223,8 @@ def encode_tile(package, tile: np.ndarray, calibrated: bool = True, separate: bo
 
 def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int, calibrated: bool = True,
                 separate: bool = False) -> np.ndarray:
-    """Inverse of encode_tile; NicError if the payload is inconsistent."""
+    """Inverse of encode_tile (coder 6: ``separate`` and ``calibrated``); NicError if the
+    payload is inconsistent."""
     h, w = shape[:2]
     n_planes = shape[2] if len(shape) == 3 else 1
     if separate and n_planes != 3:
@@ -237,7 +238,7 @@ def decode_tile(package, data: bytes, shape: tuple[int, ...], index: int, calibr
         top = interlace.top_lattice(plane, levels)
         top[...] = dec.decode(tables.uniform[spec.radius], top.size).reshape(top.shape) + spec.lo
     for p, plane, spec, centre, table in _predictions(package, planes, specs, tables, separate):
-        if calibrated or separate:
+        if calibrated:
             table = _calibrated(table, int(dec.decode(CALIBRATIONS, 1)[0]), tables)
         values = dec.decode_grouped(tables.models[spec.radius], table) + centre - spec.radius
         if len(values) and (values.min() < spec.lo or values.max() > spec.hi):
