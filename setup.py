@@ -6,5 +6,6 @@ the lossless networks and constriction decodes, with identical results)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(name, [f"pillow_nic/{name.split('.')[-1]}.c"], optional=True, extra_compile_args=["-O3"])
+setup(ext_modules=[Extension(name, [f"pillow_nic/{name.split('.')[-1]}.c"], depends=["pillow_nic/_buffers.h"],
+                             optional=True, extra_compile_args=["-O3"])
                    for name in ("pillow_nic._intmlp", "pillow_nic._rans")])

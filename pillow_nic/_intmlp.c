@@ -12,8 +12,7 @@
  * without it take a portable loop over the same words.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_buffers.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -168,18 +167,6 @@ static void run_network(const Network *net, const int16_t *columns, int64_t n_ro
     }
 }
 
-static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t items, int item_size,
-                       const char *what) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
-    if (view->len != items * item_size) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd %d-byte items, got %zd bytes", what, items, item_size,
-                     view->len);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 PyDoc_STRVAR(predict_doc,
 "predict(columns, fan_in, rows, hidden, cap, layers, out, portable=False)\n\n"
 "Run one network on `rows` feature vectors given feature-major (fan_in, rows) int16;\n"
@@ -205,38 +192,38 @@ static PyObject *predict(PyObject *self, PyObject *args) {
         return NULL;
     }
     int pairs_in = (fan_in + 1) / 2, pairs_hidden = hidden / 2;
-    Py_ssize_t sizes[9] = {(Py_ssize_t)hidden * pairs_in, hidden, hidden,
-                           (Py_ssize_t)hidden * pairs_hidden, hidden, hidden,
-                           (Py_ssize_t)2 * pairs_hidden, 2, 2};
-    Py_buffer views[9], columns, out;
-    int taken = 0, ok = 0;
-    for (; taken < 9; taken++)
-        if (take_buffer(PyTuple_GET_ITEM(layers_obj, taken), &views[taken], 0, sizes[taken], 4, "layer") < 0) break;
-    if (taken == 9 && take_buffer(columns_obj, &columns, 0, (Py_ssize_t)fan_in * rows, 2, "columns") == 0) {
-        if (take_buffer(out_obj, &out, 1, 2 * rows, 4, "out") == 0) {
-            Network net = {fan_in, hidden, cap, {0}, {0}, {0}};
-            int bad_shift = 0;
-            for (int l = 0; l < 3; l++) {
-                net.w[l] = views[3 * l].buf;
-                net.b[l] = views[3 * l + 1].buf;
-                net.shift[l] = views[3 * l + 2].buf;
-                for (int o = 0; o < (l < 2 ? hidden : 2); o++)
-                    bad_shift |= net.shift[l][o] < 0 || net.shift[l][o] > 30;
-            }
-            if (bad_shift) {
-                PyErr_SetString(PyExc_ValueError, "shifts must lie in 0..30");
-            } else {
-                Py_BEGIN_ALLOW_THREADS
-                run_network(&net, columns.buf, rows, out.buf, portable ? portable_path : best_path());
-                Py_END_ALLOW_THREADS
-                ok = 1;
-            }
-            PyBuffer_Release(&out);
-        }
-        PyBuffer_Release(&columns);
+    /* w0, b0, s0, w1, b1, s1, w2, b2, s2, then the columns and the output */
+    PyObject *objs[11];
+    for (int k = 0; k < 9; k++) objs[k] = PyTuple_GET_ITEM(layers_obj, k);
+    objs[9] = columns_obj;
+    objs[10] = out_obj;
+    static const int writable[11] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    static const Py_ssize_t item_size[11] = {4, 4, 4, 4, 4, 4, 4, 4, 4, 2, 4};
+    static const char *what[11] = {"layer", "layer", "layer", "layer", "layer", "layer", "layer", "layer", "layer",
+                                   "columns", "out"};
+    const Py_ssize_t items[11] = {(Py_ssize_t)hidden * pairs_in, hidden, hidden,
+                                  (Py_ssize_t)hidden * pairs_hidden, hidden, hidden,
+                                  (Py_ssize_t)2 * pairs_hidden, 2, 2, (Py_ssize_t)fan_in * rows, 2 * rows};
+    Py_buffer v[11];
+    if (take_buffers(11, objs, v, writable, items, item_size, what) < 0) return NULL;
+    Network net = {fan_in, hidden, cap, {0}, {0}, {0}};
+    int bad_shift = 0;
+    for (int l = 0; l < 3; l++) {
+        net.w[l] = v[3 * l].buf;
+        net.b[l] = v[3 * l + 1].buf;
+        net.shift[l] = v[3 * l + 2].buf;
+        for (int o = 0; o < (l < 2 ? hidden : 2); o++) bad_shift |= net.shift[l][o] < 0 || net.shift[l][o] > 30;
     }
-    while (taken-- > 0) PyBuffer_Release(&views[taken]);
-    if (!ok) return NULL;
+    if (!bad_shift) {
+        Py_BEGIN_ALLOW_THREADS
+        run_network(&net, v[9].buf, rows, v[10].buf, portable ? portable_path : best_path());
+        Py_END_ALLOW_THREADS
+    }
+    release_buffers(11, v);
+    if (bad_shift) {
+        PyErr_SetString(PyExc_ValueError, "shifts must lie in 0..30");
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -301,71 +288,55 @@ PyDoc_STRVAR(gather_doc,
 "batch that leaves the outputs is a ValueError.  Plane values must lie in -32768..32767.");
 
 static PyObject *gather(PyObject *self, PyObject *args) {
-    PyObject *plane_obj, *lat_obj, *nb_obj, *near_obj, *col_obj, *base_obj;
+    PyObject *objs[6];
     Py_ssize_t height, width, rows, cols, n_total, start;
     int n_features;
-    if (!PyArg_ParseTuple(args, "OnnOOOnnOinnO", &plane_obj, &height, &width, &lat_obj, &nb_obj, &near_obj, &rows,
-                          &cols, &col_obj, &n_features, &n_total, &start, &base_obj))
+    if (!PyArg_ParseTuple(args, "OnnOOOnnOinnO", &objs[0], &height, &width, &objs[1], &objs[2], &objs[3], &rows,
+                          &cols, &objs[4], &n_features, &n_total, &start, &objs[5]))
         return NULL;
     if (height < 1 || width < 1 || rows < 0 || cols < 0 || n_features < 1 || start < 0 || n_total < 0 ||
         start + rows * cols > n_total) {
         PyErr_SetString(PyExc_ValueError, "gather: shapes out of range");
         return NULL;
     }
-    Py_buffer plane, lat, nb, near, col, base;
-    if (take_buffer(plane_obj, &plane, 0, height * width, 4, "plane") < 0) return NULL;
-    PyObject *result = NULL;
-    if (PyObject_GetBuffer(lat_obj, &lat, PyBUF_C_CONTIGUOUS) == 0) {
-        if (PyObject_GetBuffer(nb_obj, &nb, PyBUF_C_CONTIGUOUS) == 0) {
-            if (take_buffer(near_obj, &near, 0, 4, 4, "nearest") == 0) {
-                if (take_buffer(col_obj, &col, 1, (Py_ssize_t)n_features * n_total, 2, "columns") == 0) {
-                    if (take_buffer(base_obj, &base, 1, n_total, 4, "base") == 0) {
-                        int n_lat = (int)(lat.len / 24), n_nb = (int)(nb.len / 16);
-                        const int32_t (*L)[6] = lat.buf;
-                        const int32_t (*N)[4] = nb.buf;
-                        const int32_t *nearest = near.buf;
-                        const char *bad = NULL;
-                        if (lat.len % 24 || n_lat < 1 || n_lat > MAX_LATTICES || nb.len % 16 || n_nb < 1 ||
-                            n_nb > MAX_NEIGHBOURS)
-                            bad = "gather: 1-4 lattices of 6 and 1-32 neighbours of 4 int32";
-                        for (int l = 0; !bad && l < n_lat; l++)
-                            if (L[l][0] < 0 || L[l][1] < 0 || L[l][2] < 1 || L[l][3] < 1 || L[l][4] < 1 ||
-                                L[l][5] < 1 || L[l][0] + (int64_t)(L[l][4] - 1) * L[l][2] >= height ||
-                                L[l][1] + (int64_t)(L[l][5] - 1) * L[l][3] >= width)
-                                bad = "gather: a lattice leaves the plane";
-                        for (int k = 0; !bad && k < n_nb; k++)
-                            if (N[k][0] < 0 || N[k][0] >= n_lat || N[k][3] < 0 || N[k][3] >= n_features)
-                                bad = "gather: a neighbour names no lattice or feature row";
-                        for (int k = 0; !bad && k < 4; k++)
-                            if (nearest[k] < 0 || nearest[k] >= n_nb) bad = "gather: nearest names no neighbour";
-                        if (bad) {
-                            PyErr_SetString(PyExc_ValueError, bad);
-                        } else {
-                            int32_t *values = PyMem_Malloc(sizeof(int32_t) * (size_t)(n_nb * (cols ? cols : 1)));
-                            if (!values) {
-                                PyErr_NoMemory();
-                            } else {
-                                Py_BEGIN_ALLOW_THREADS
-                                gather_rows(plane.buf, width, L, N, n_nb, nearest, rows, cols, col.buf, n_total,
-                                            start, base.buf, values);
-                                Py_END_ALLOW_THREADS
-                                PyMem_Free(values);
-                                result = Py_None;
-                                Py_INCREF(result);
-                            }
-                        }
-                        PyBuffer_Release(&base);
-                    }
-                    PyBuffer_Release(&col);
-                }
-                PyBuffer_Release(&near);
-            }
-            PyBuffer_Release(&nb);
-        }
-        PyBuffer_Release(&lat);
+    /* plane, lattices (6 int32 each), neighbours (4 int32 each), nearest, columns, base */
+    static const int writable[6] = {0, 0, 0, 0, 1, 1};
+    static const Py_ssize_t item_size[6] = {4, 24, 16, 4, 2, 4};
+    static const char *what[6] = {"plane", "lattices", "neighbours", "nearest", "columns", "base"};
+    const Py_ssize_t items[6] = {height * width, -1, -1, 4, (Py_ssize_t)n_features * n_total, n_total};
+    Py_buffer v[6];
+    if (take_buffers(6, objs, v, writable, items, item_size, what) < 0) return NULL;
+    int n_lat = (int)(v[1].len / 24), n_nb = (int)(v[2].len / 16);
+    const int32_t (*L)[6] = v[1].buf;
+    const int32_t (*N)[4] = v[2].buf;
+    const int32_t *nearest = v[3].buf;
+    const char *bad = NULL;
+    if (n_lat < 1 || n_lat > MAX_LATTICES || n_nb < 1 || n_nb > MAX_NEIGHBOURS)
+        bad = "gather: 1-4 lattices of 6 and 1-32 neighbours of 4 int32";
+    for (int l = 0; !bad && l < n_lat; l++)
+        if (L[l][0] < 0 || L[l][1] < 0 || L[l][2] < 1 || L[l][3] < 1 || L[l][4] < 1 || L[l][5] < 1 ||
+            L[l][0] + (int64_t)(L[l][4] - 1) * L[l][2] >= height || L[l][1] + (int64_t)(L[l][5] - 1) * L[l][3] >= width)
+            bad = "gather: a lattice leaves the plane";
+    for (int k = 0; !bad && k < n_nb; k++)
+        if (N[k][0] < 0 || N[k][0] >= n_lat || N[k][3] < 0 || N[k][3] >= n_features)
+            bad = "gather: a neighbour names no lattice or feature row";
+    for (int k = 0; !bad && k < 4; k++)
+        if (nearest[k] < 0 || nearest[k] >= n_nb) bad = "gather: nearest names no neighbour";
+    int32_t *values = bad ? NULL : PyMem_Malloc(sizeof(int32_t) * (size_t)(n_nb * (cols ? cols : 1)));
+    int no_memory = !bad && !values;
+    if (values) {
+        Py_BEGIN_ALLOW_THREADS
+        gather_rows(v[0].buf, width, L, N, n_nb, nearest, rows, cols, v[4].buf, n_total, start, v[5].buf, values);
+        Py_END_ALLOW_THREADS
+        PyMem_Free(values);
     }
-    PyBuffer_Release(&plane);
-    return result;
+    release_buffers(6, v);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    if (no_memory) return PyErr_NoMemory();
+    Py_RETURN_NONE;
 }
 
 static PyObject *instruction_set(PyObject *self, PyObject *unused) {

@@ -16,8 +16,7 @@
  * cdf[s]; if state < 2**32 and words remain, state = state << 32 | the last unread word.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_buffers.h"
 #include <stdint.h>
 
 #define PRECISION 24
@@ -48,16 +47,6 @@ static inline int64_t decode_one(uint64_t *state, const uint32_t *words, int64_t
     return lo;
 }
 
-static int take(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t item_size, const char *what) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
-    if (view->len % item_size) {
-        PyErr_Format(PyExc_ValueError, "%s: not a whole number of %zd-byte items", what, item_size);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 /* Checks every table (once, in prepare): the decoder then never reads outside its buffers,
  * whatever the compressed words are. */
 static const char *check_tables(const Tables *t, Py_ssize_t cdf_len) {
@@ -82,7 +71,7 @@ typedef struct {
 static void release_prepared(PyObject *capsule) {
     Prepared *p = PyCapsule_GetPointer(capsule, "nic.rans.tables");
     if (!p) return;
-    for (int k = 0; k < 4; k++) PyBuffer_Release(&p->views[k]);
+    release_buffers(4, p->views);
     PyMem_Free(p);
 }
 
@@ -93,30 +82,27 @@ PyDoc_STRVAR(prepare_doc,
 "symbol count; buckets uint16 (tables, 1025).  ValueError if any table is inconsistent.");
 
 static PyObject *prepare(PyObject *self, PyObject *args) {
-    PyObject *obj[4];
-    if (!PyArg_ParseTuple(args, "OOOO", &obj[0], &obj[1], &obj[2], &obj[3])) return NULL;
-    static const int item[4] = {4, 8, 4, 2};
-    static const char *names[4] = {"cdf", "starts", "sizes", "buckets"};
+    PyObject *objs[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objs[0], &objs[1], &objs[2], &objs[3])) return NULL;
+    static const int writable[4] = {0, 0, 0, 0};
+    static const Py_ssize_t items[4] = {-1, -1, -1, -1}, item_size[4] = {4, 8, 4, 2};
+    static const char *what[4] = {"cdf", "starts", "sizes", "buckets"};
     Prepared *p = PyMem_Calloc(1, sizeof(Prepared));
     if (!p) return PyErr_NoMemory();
-    int taken = 0;
-    for (; taken < 4; taken++)
-        if (take(obj[taken], &p->views[taken], 0, item[taken], names[taken]) < 0) break;
-    const char *bad = NULL;
-    if (taken == 4) {
-        p->t = (Tables){p->views[0].buf, p->views[1].buf, p->views[2].buf, p->views[3].buf, p->views[1].len / 8};
-        if (p->t.n_tables < 1 || p->views[2].len / 4 != p->t.n_tables || p->views[3].len / 2 != p->t.n_tables * BUCKETS)
-            bad = "starts, sizes and buckets must describe the same tables";
-        else
-            bad = check_tables(&p->t, p->views[0].len / 4);
-        if (!bad) {
-            PyObject *capsule = PyCapsule_New(p, "nic.rans.tables", release_prepared);
-            if (capsule) return capsule;
-        } else {
-            PyErr_SetString(PyExc_ValueError, bad);
-        }
+    if (take_buffers(4, objs, p->views, writable, items, item_size, what) < 0) {
+        PyMem_Free(p);
+        return NULL;
     }
-    while (taken-- > 0) PyBuffer_Release(&p->views[taken]);
+    p->t = (Tables){p->views[0].buf, p->views[1].buf, p->views[2].buf, p->views[3].buf, p->views[1].len / 8};
+    const char *bad = NULL;
+    if (p->t.n_tables < 1 || p->views[2].len / 4 != p->t.n_tables || p->views[3].len / 2 != p->t.n_tables * BUCKETS)
+        bad = "starts, sizes and buckets must describe the same tables";
+    else
+        bad = check_tables(&p->t, p->views[0].len / 4);
+    PyObject *capsule = bad ? NULL : PyCapsule_New(p, "nic.rans.tables", release_prepared);
+    if (capsule) return capsule;
+    if (bad) PyErr_SetString(PyExc_ValueError, bad);
+    release_buffers(4, p->views);
     PyMem_Free(p);
     return NULL;
 }
@@ -129,66 +115,54 @@ PyDoc_STRVAR(decode_doc,
 "indices: int32.  Releases the GIL.  ValueError on an index outside the tables.");
 
 static PyObject *decode(PyObject *self, PyObject *args) {
-    PyObject *words_obj, *cursor_obj, *capsule, *indices_obj, *out_obj;
-    if (!PyArg_ParseTuple(args, "OOOOO", &words_obj, &cursor_obj, &capsule, &indices_obj, &out_obj)) return NULL;
+    PyObject *objs[4], *capsule;
+    if (!PyArg_ParseTuple(args, "OOOOO", &objs[0], &objs[1], &capsule, &objs[2], &objs[3])) return NULL;
     Prepared *p = PyCapsule_GetPointer(capsule, "nic.rans.tables");
     if (!p) return NULL;
     const Tables *t = &p->t;
-    Py_buffer words, cursor, indices, out;
-    if (take(words_obj, &words, 0, 4, "words") < 0) return NULL;
-    PyObject *result = NULL;
+    static const int writable[4] = {0, 1, 0, 1};
+    static const Py_ssize_t items[4] = {-1, 2, -1, -1}, item_size[4] = {4, 8, 4, 8};
+    static const char *what[4] = {"words", "cursor", "indices", "out"};
+    Py_buffer v[4];
+    if (take_buffers(4, objs, v, writable, items, item_size, what) < 0) return NULL;
+    Py_ssize_t n = v[3].len / 8;
+    uint64_t *cursor = v[1].buf;
+    const int32_t *index = v[2].buf;
     const char *bad = NULL;
-    int64_t *count = NULL, *order = NULL;
-    if (take(cursor_obj, &cursor, 1, 8, "cursor") == 0) {
-        if (take(indices_obj, &indices, 0, 4, "indices") == 0) {
-            if (take(out_obj, &out, 1, 8, "out") == 0) {
-                Py_ssize_t n = out.len / 8;
-                uint64_t *cur = cursor.buf;
-                const int32_t *index = indices.buf;
-                if (cursor.len != 16 || cur[1] > (uint64_t)(words.len / 4))
-                    bad = "cursor must be [state, unread words <= len(words)]";
-                else if (indices.len / 4 != n)
-                    bad = "indices and out differ in length";
-                count = PyMem_Calloc((size_t)t->n_tables + 1, sizeof(int64_t));
-                order = PyMem_Malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
-                if (!count || !order) {
-                    PyErr_NoMemory();
-                } else {
-                    for (Py_ssize_t i = 0; i < n && !bad; i++) {
-                        if (index[i] < 0 || index[i] >= t->n_tables) bad = "a table index is out of range";
-                        else count[index[i] + 1]++;
-                    }
-                    if (bad) {
-                        PyErr_SetString(PyExc_ValueError, bad);
-                    } else {
-                        for (int64_t k = 0; k < t->n_tables; k++) count[k + 1] += count[k]; /* group starts */
-                        for (Py_ssize_t i = 0; i < n; i++) order[count[index[i]]++] = i; /* stable counting sort */
-                        int64_t *dst = out.buf;
-                        const uint32_t *w = words.buf;
-                        Py_BEGIN_ALLOW_THREADS
-                        uint64_t state = cur[0];
-                        int64_t remaining = (int64_t)cur[1];
-                        for (Py_ssize_t k = 0; k < n; k++) {
-                            int64_t i = order[k];
-                            dst[i] = decode_one(&state, w, &remaining, t, index[i]);
-                        }
-                        cur[0] = state;
-                        cur[1] = (uint64_t)remaining;
-                        Py_END_ALLOW_THREADS
-                        result = Py_None;
-                        Py_INCREF(result);
-                    }
-                }
-                PyMem_Free(count);
-                PyMem_Free(order);
-                PyBuffer_Release(&out);
-            }
-            PyBuffer_Release(&indices);
-        }
-        PyBuffer_Release(&cursor);
+    if (cursor[1] > (uint64_t)(v[0].len / 4)) bad = "cursor must be [state, unread words <= len(words)]";
+    else if (v[2].len / 4 != n) bad = "indices and out differ in length";
+    int64_t *count = bad ? NULL : PyMem_Calloc((size_t)t->n_tables + 1, sizeof(int64_t));
+    int64_t *order = bad ? NULL : PyMem_Malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
+    int no_memory = !bad && (!count || !order);
+    for (Py_ssize_t i = 0; i < n && !bad && !no_memory; i++) {
+        if (index[i] < 0 || index[i] >= t->n_tables) bad = "a table index is out of range";
+        else count[index[i] + 1]++;
     }
-    PyBuffer_Release(&words);
-    return result;
+    if (!bad && !no_memory) {
+        for (int64_t k = 0; k < t->n_tables; k++) count[k + 1] += count[k]; /* group starts */
+        for (Py_ssize_t i = 0; i < n; i++) order[count[index[i]]++] = i; /* stable counting sort */
+        int64_t *out = v[3].buf;
+        const uint32_t *words = v[0].buf;
+        Py_BEGIN_ALLOW_THREADS
+        uint64_t state = cursor[0];
+        int64_t remaining = (int64_t)cursor[1];
+        for (Py_ssize_t k = 0; k < n; k++) {
+            int64_t i = order[k];
+            out[i] = decode_one(&state, words, &remaining, t, index[i]);
+        }
+        cursor[0] = state;
+        cursor[1] = (uint64_t)remaining;
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_Free(count);
+    PyMem_Free(order);
+    release_buffers(4, v);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    if (no_memory) return PyErr_NoMemory();
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
