@@ -22,14 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
 from export import release  # noqa: E402
-from pillow_nic import intnet, tables  # noqa: E402
+from pillow_nic import intnet  # noqa: E402
 from pillow_nic.lossy import LATENT_CLIP, MEAN_BITS  # noqa: E402
-from train_lossy import Codec, load_codec  # noqa: E402
-
-
-# latents whose table row gives 0 at least this probability are not coded (always 0): at
-# quality 60 on Kodak these are 37 % of nic-lossy-6's latents, and 0.06 % of them were not 0
-UNCODED_ZERO_PROBABILITY = 0.999
+from train_lossy import Codec, latent_tables, load_codec  # noqa: E402
 
 
 class Encoder(nn.Module):
@@ -106,7 +101,10 @@ def export_lossy(run_dir: Path, name: str) -> None:
                          "(RUNS.md, lossy_ctx_v1)")
     if codec.row_offsets:
         raise ValueError("per-level row offsets are a training experiment, not part of the format "
-                         "(RUNS.md, lossy_rowoff_v1)")
+                         "(RUNS.md, lossy_rowoff_v1, lossy_detail_v3-v5)")
+    if codec.detail:
+        raise ValueError("detail channels are a training experiment: their graphs slice the latents, "
+                         "which the NumPy runtime does not implement (RUNS.md, lossy_detail_v1-v5)")
     tmp = Path(tempfile.mkdtemp())
     m, hz = codec.m, cfg["hyper_channels"][0]
     x = torch.rand(1, 3, 128, 192)
@@ -124,11 +122,8 @@ def export_lossy(run_dir: Path, name: str) -> None:
     torch.onnx.export(hyper, (z,), tmp / "hyper.onnx", input_names=["z"], output_names=["pred"],
                       dynamic_axes={"z": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
     with torch.no_grad():
-        z_rows = torch.clamp(torch.floor((codec.z_log_scale - tables.SCALE_MIN) / tables.SCALE_STEP),
-                             0, tables.SCALE_BINS - 1).to(torch.int64).numpy()
-        family = tables.build_family(LATENT_CLIP, 1, "gauss")[:, 0].astype(np.int32)
-        zero_probability = family[:, LATENT_CLIP] / family.sum(axis=1)
-        uncoded_rows = int(np.argmax(zero_probability < UNCODED_ZERO_PROBABILITY))
+        z_rows = codec.z_table_rows().numpy()
+        family, uncoded_rows = latent_tables()
         np.savez_compressed(tmp / "tables.npz",
                  family127=family,
                  uncoded_rows=np.int32(uncoded_rows),

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
+from pillow_nic import tables  # noqa: E402
 from run import (CHECKPOINT_EVERY_S, finish, images_to_tensor, learning_rate, list_images,  # noqa: E402
                  log_record, resume, save_checkpoint, start_run)
 from pillow_nic.metrics import MS_SSIM_WEIGHTS  # noqa: E402
@@ -112,6 +113,8 @@ class Codec(nn.Module):
             self.detail_analysis = nn.Conv2d(3, self.detail, 16, 16)
             self.detail_synthesis = nn.ConvTranspose2d(self.detail, 3, 16, 16, bias=False)
         self.revive = cfg.get("revive_dead_channels", False)  # at warm start (grow)
+        self.frozen = cfg.get("frozen_channels", 0)  # channels kept as warm-started (freeze_base)
+        self.coded_rate = cfg.get("coded_rate", False)  # latents' rate as coded (coded_latents)
         # checkerboard context (optional): latents with (row + col) even are "anchors", coded
         # first under the hyperprior alone; the others also see their decoded anchor neighbours
         self.context = cfg.get("context", 0)
@@ -183,6 +186,19 @@ class Codec(nn.Module):
         out = F.conv2d(torch.cat([hidden, c], 1), w, b)
         return qat.output_quantise(out[:, :self.m], out[:, self.m:], MEAN_BITS, quantised)
 
+    def z_table_rows(self) -> torch.Tensor:
+        """Per level and hyper-latent channel, the table row that codes z (FORMAT.md, z_rows)."""
+        return torch.clamp(torch.floor((self.z_log_scale.detach() - qat.SCALE_MIN) / qat.SCALE_STEP),
+                           0, qat.SCALE_BINS - 1).long()
+
+    def offset_rows(self, log_scale: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The latents' log-scales moved by their level's whole-row offsets (if any)."""
+        if not self.row_offsets:
+            return log_scale
+        shift = qat.ste_round(self.y_row_offset[level])[:, :, None, None] * qat.SCALE_STEP
+        lowest = qat.SCALE_MIN + 0.5 * qat.SCALE_STEP
+        return torch.clamp(log_scale + shift, lowest, lowest + (qat.SCALE_BINS - 1) * qat.SCALE_STEP)
+
     def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
         gain, inv_gain = (g[level].abs()[:, :, None, None] for g in (self.gain, self.inv_gain))
         y = self.analyse(x) * gain
@@ -197,14 +213,15 @@ class Codec(nn.Module):
             ctx_mean, ctx_log_scale = self.context_parameters(hidden, anchors, quantised)
             mean = torch.where(anchor, mean, ctx_mean)
             log_scale = torch.where(anchor, log_scale, ctx_log_scale)
-        if self.row_offsets:
-            shift = qat.ste_round(self.y_row_offset[level])[:, :, None, None] * qat.SCALE_STEP
-            lowest = qat.SCALE_MIN + 0.5 * qat.SCALE_STEP
-            log_scale = torch.clamp(log_scale + shift, lowest, lowest + (qat.SCALE_BINS - 1) * qat.SCALE_STEP)
-        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-        y_hat = qat.ste_round(y - mean) + mean
+        log_scale = self.offset_rows(log_scale, level)
+        if self.coded_rate:
+            symbols, bits_y = coded_latents(y - mean, log_scale)
+            y_hat = symbols + mean
+        else:
+            y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            y_hat = qat.ste_round(y - mean) + mean
+            bits_y = gauss_bits(y_noisy - mean, log_scale)
         x_hat = self.synthesise(y_hat * inv_gain)
-        bits_y = gauss_bits(y_noisy - mean, log_scale)
         z_ls = self.z_log_scale[level][:, :, None, None].expand_as(z)
         bits_z = gauss_bits(z_noisy, z_ls)
         return x_hat, bits_y, bits_z
@@ -311,6 +328,7 @@ def revive_dead_channels(model: Codec) -> list[int]:
     with torch.no_grad():
         gain = model.gain.abs()
         dead = weak_gains(gain).all(dim=0)
+        dead[:model.frozen] = False
         live = ~dead
         model.gain[:, dead] = gain[:, live].median(dim=1, keepdim=True).values
         model.inv_gain[:, dead] = model.inv_gain[:, live].abs().median(dim=1, keepdim=True).values
@@ -389,10 +407,101 @@ def init_detail_channels(model: Codec, crops: np.ndarray, top_step: float = 0.1,
     print(f"detail channels: basis of {d} explains {explained:.1%} of the residual", flush=True)
 
 
+def switch_off_below(model: Codec, k: int, first_level: int) -> None:
+    """Below ``first_level`` the channels from ``k`` on are off: their table rows pushed to
+    row 0 (not coded, so their symbols are 0) and their predicted means 0, so those levels
+    decode exactly as the warm-started codec.  Their gains there are the first live level's
+    divided by 1000, so qualities between the two levels fade the channels in (coarser
+    steps, the same reconstruction scale)."""
+    m = model.m
+    with torch.no_grad():
+        model.y_row_offset[:first_level, k:] = -(tables.SCALE_BINS - 1)
+        model.gain[:first_level, k:] = model.gain[first_level, k:].abs() / 1000
+        model.inv_gain[:first_level, k:] = model.inv_gain[first_level, k:].abs()
+        out = model.hs[-1]
+        out.weight[k:m] = 0
+        out.bias[k:m] = 0
+
+
+def freeze_base(model: Codec, k: int, first_level: int = 0):
+    """Train only what the first ``k`` latent channels do not depend on, so the warm-started
+    codec's reconstruction and coding of them stay as they were at every level: the new
+    channels' analysis filters, gains, predicted means, scales and table-row offsets, their
+    inputs to the synthesis, and the detail path.  The hyper-analysis stays blind to the
+    new channels, so z is unchanged.  Returns a function
+    to call after each optimiser step: it keeps the new hyper-synthesis rows within the old
+    rows' largest weight, so the layer's shared integer grid (and the old rows) never move.
+
+    Why: three warm starts that added channels to a converged codec let the shared layers
+    drift and lost quality at the low levels (RUNS.md, lossy_detail_v1/v2).  With
+    ``first_level``, what switch_off_below set stays: the new channels' means (0) and
+    everything of theirs at the levels below."""
+    m = model.m
+    last, out = model.analysis[-1], model.hs[-1]
+    new = torch.arange(m) >= k
+    # the hyper-synthesis' outputs are [means, scales]; with levels switched off, means stay 0
+    new_rows = torch.cat([new & (first_level == 0), new])
+    live = (torch.arange(model.gain.shape[0]) >= first_level)[:, None] & new[None, :]
+    masks = {
+        last.weight: new[:, None, None, None],
+        last.bias: new,
+        model.synthesis[0].weight: new[None, :, None, None],
+        out.weight: new_rows[:, None, None, None],
+        out.bias: new_rows,
+        model.gain: live,
+        model.inv_gain: live,
+    }
+    if model.row_offsets:
+        masks[model.y_row_offset] = live
+    trainable = {id(p) for p in (*masks, *model.detail_analysis.parameters(), *model.detail_synthesis.parameters())}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    for p, mask in masks.items():
+        p.register_hook(lambda g, mask=mask: g * mask.to(g.dtype))
+    bound = out.weight[~new_rows].detach().abs().max()
+
+    def project() -> None:
+        with torch.no_grad():
+            out.weight.clamp_(-bound, bound)
+
+    return project
+
+
 def anchor_mask(rows: int, cols: int) -> torch.Tensor:
     """(1, 1, rows, cols) bool: the checkerboard's anchor latents, (row + col) even."""
     r, c = torch.arange(rows)[:, None], torch.arange(cols)[None, :]
     return ((r + c) % 2 == 0)[None, None]
+
+
+# latents whose table row gives 0 at least this probability are not coded (always 0): at
+# quality 60 on Kodak these are 37 % of nic-lossy-6's latents, and 0.06 % of them were not 0
+UNCODED_ZERO_PROBABILITY = 0.999
+
+
+def latent_tables() -> tuple[np.ndarray, int]:
+    """(the Gaussian table family, radius 127, as int32 frequencies; the number of its
+    lowest rows whose latents are not coded)."""
+    family = tables.build_family(LATENT_CLIP, 1, "gauss")[:, 0].astype(np.int32)
+    zero_probability = family[:, LATENT_CLIP] / family.sum(axis=1)
+    return family, int(np.argmax(zero_probability < UNCODED_ZERO_PROBABILITY))
+
+
+UNCODED_ROWS = latent_tables()[1]
+
+
+def table_rows(log_scale: torch.Tensor) -> torch.Tensor:
+    """The table rows of quantised log-scales (which sit at their rows' centres)."""
+    return torch.round((log_scale.detach() - qat.SCALE_MIN) / qat.SCALE_STEP - 0.5).long()
+
+
+def coded_latents(residual: torch.Tensor, log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(symbols, bits) of the latents as the format codes them: rounded (straight-through),
+    0 and free in the uncoded table rows, else -log2 of their bin.  Unlike the noisy
+    estimate, a latent that stays 0 in a narrow row costs nothing here, as in the file
+    (RUNS.md, session 9: the noise overcharges nic-lossy-7's latents by 14-90 %)."""
+    coded = (table_rows(log_scale) >= UNCODED_ROWS).to(residual.dtype)
+    symbols = torch.clamp(qat.ste_round(residual), -LATENT_CLIP, LATENT_CLIP) * coded
+    return symbols, gauss_bits(symbols, log_scale) * coded
 
 
 def gauss_bits(v: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -484,12 +593,19 @@ def main() -> None:
 
     model = Codec(cfg)
     fast = [p for name, p in model.named_parameters() if name == "y_row_offset"]  # whole rows: a faster rate
-    opt = torch.optim.Adam([dict(params=[p for name, p in model.named_parameters() if name != "y_row_offset"]),
-                            dict(params=fast, lr_scale=cfg.get("row_offset_lr_scale", 1.0))], lr=cfg["lr"])
+    groups = [dict(params=[p for name, p in model.named_parameters() if name != "y_row_offset"])]
+    if fast:  # only then: checkpoints of runs without row offsets hold one parameter group
+        groups.append(dict(params=fast, lr_scale=cfg.get("row_offset_lr_scale", 1.0)))
+    opt = torch.optim.Adam(groups, lr=cfg["lr"])
     lambdas = torch.tensor(cfg["lambdas"])
     step, rng = resume(run_dir, cfg, model, opt, rng, grow)
-    if step == 0 and model.detail and cfg.get("init_from"):
+    if step == 0 and model.detail and cfg.get("init_from") and cfg.get("init_detail", True):
         init_detail_channels(model, train)
+    first_level = cfg.get("first_level", 0)  # the new channels' lowest level (switch_off_below)
+    if step == 0 and first_level:
+        switch_off_below(model, cfg["frozen_channels"], first_level)
+    project = freeze_base(model, cfg["frozen_channels"], first_level) if cfg.get("frozen_channels") else None
+    trained_levels = np.arange(first_level, len(cfg["lambdas"]))
 
     total = cfg["steps"]
     qat_from = int(total * cfg["qat_fraction_start"])
@@ -521,7 +637,7 @@ def main() -> None:
         if rng.random() < 0.5:
             batch = batch[:, :, ::-1]
         x = images_to_tensor(batch)
-        level = torch.from_numpy(rng.integers(0, len(cfg["lambdas"]), b))
+        level = torch.from_numpy(trained_levels[rng.integers(0, len(trained_levels), b)])
         x_hat, by, bz = model(x, level, quantised)
         pixels = x.shape[2] * x.shape[3]
         bpp = (by.flatten(1).sum(1) + bz.flatten(1).sum(1)) / pixels
@@ -530,6 +646,8 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if project:
+            project()
         step += 1
         if step % cfg["log_every"] == 0:
             rec = dict(step=step, lr=lr, loss=round(loss.item(), 4), bpp=round(bpp.mean().item(), 4),
