@@ -602,6 +602,8 @@ def main() -> None:
     if step == 0 and model.detail and cfg.get("init_from") and cfg.get("init_detail", True):
         init_detail_channels(model, train)
     first_level = cfg.get("first_level", 0)  # the new channels' lowest level (switch_off_below)
+    if first_level and not (model.row_offsets and cfg.get("frozen_channels")):
+        raise SystemExit("first_level needs level_row_offsets and frozen_channels")
     if step == 0 and first_level:
         switch_off_below(model, cfg["frozen_channels"], first_level)
     project = freeze_base(model, cfg["frozen_channels"], first_level) if cfg.get("frozen_channels") else None
