@@ -4,7 +4,7 @@ as its own validation uses them; never Kodak).
 
     python onnx_models/training/compare_lossy.py --crops lossy_v6 --photos 12 \\
         --reference checkpoints/lossy_v6_model.pt runs/lossy_v8/checkpoint.pt
-    python onnx_models/training/compare_lossy.py --coded --crops lossy_native_v1 --photos 12 \
+    python onnx_models/training/compare_lossy.py --coded --crops lossy_native_v1 --photos 12 \\
         --reference checkpoints/lossy_native_v1_model.pt runs/lossy_coded_v1/checkpoint.pt
 
 ``--coded`` measures the rate as the file codes it (coded_rate_distortion); without it,
