@@ -39,4 +39,16 @@ static void release_buffers(int n, Py_buffer *views) {
     while (n-- > 0) PyBuffer_Release(&views[n]);
 }
 
+/* The common end of a call: release its buffers, then raise ValueError(bad) when a check
+   failed, MemoryError when an allocation did, else return None. */
+static PyObject *finish_call(int n, Py_buffer *views, const char *bad, int no_memory) {
+    release_buffers(n, views);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    if (no_memory) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 #endif

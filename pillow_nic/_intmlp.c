@@ -219,12 +219,7 @@ static PyObject *predict(PyObject *self, PyObject *args) {
         run_network(&net, v[9].buf, rows, v[10].buf, portable ? portable_path : best_path());
         Py_END_ALLOW_THREADS
     }
-    release_buffers(11, v);
-    if (bad_shift) {
-        PyErr_SetString(PyExc_ValueError, "shifts must lie in 0..30");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return finish_call(11, v, bad_shift ? "shifts must lie in 0..30" : NULL, 0);
 }
 
 /* Causal neighbourhoods of one target lattice (pillow_nic.interlace's contract).
@@ -330,13 +325,7 @@ static PyObject *gather(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         PyMem_Free(values);
     }
-    release_buffers(6, v);
-    if (bad) {
-        PyErr_SetString(PyExc_ValueError, bad);
-        return NULL;
-    }
-    if (no_memory) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish_call(6, v, bad, no_memory);
 }
 
 static PyObject *instruction_set(PyObject *self, PyObject *unused) {

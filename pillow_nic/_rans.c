@@ -156,13 +156,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     }
     PyMem_Free(count);
     PyMem_Free(order);
-    release_buffers(4, v);
-    if (bad) {
-        PyErr_SetString(PyExc_ValueError, bad);
-        return NULL;
-    }
-    if (no_memory) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish_call(4, v, bad, no_memory);
 }
 
 static PyMethodDef methods[] = {
