@@ -87,23 +87,18 @@ class Codec(nn.Module):
             *[ResBlock(n3) for _ in range(cfg.get("enc_blocks", 0))],  # at 1/8 resolution
             nn.Conv2d(n3, m, 3, 2, 1),
         )
-        if len(cfg["dec_channels"]) == 1:
-            # direct: the latents feed the first upsampling themselves; the hidden layer at
-            # latent resolution caps a two-layer synthesis near a block PCA with d1 terms
-            # (RUNS.md, session 7), so without it m latents are the only bottleneck
-            (d2,) = cfg["dec_channels"]
-            self.synthesis = nn.Sequential(
-                nn.ConvTranspose2d(m, d2, 8, 4, 2), GDN(d2, inverse=True),
-                nn.ConvTranspose2d(d2, 3, 8, 4, 2),
-            )
-        else:
-            d1, d2 = cfg["dec_channels"]
-            self.synthesis = nn.Sequential(
-                nn.Conv2d(m, d1, 3, 1, 1), GDN(d1, inverse=True),
-                *[ResBlock(d1, kernel=1) for _ in range(cfg.get("dec_blocks", 0))],  # at latent resolution
-                nn.ConvTranspose2d(d1, d2, 8, 4, 2), GDN(d2, inverse=True),
-                nn.ConvTranspose2d(d2, 3, 8, 4, 2),
-            )
+        # one dec_channels entry, "direct": the latents feed the first upsampling themselves;
+        # a hidden layer at latent resolution caps a two-layer synthesis near a block PCA with
+        # d1 terms (RUNS.md, session 7), so without it m latents are the only bottleneck
+        *hidden, d2 = cfg["dec_channels"]
+        latent_layers = [nn.Conv2d(m, hidden[0], 3, 1, 1), GDN(hidden[0], inverse=True),
+                         *[ResBlock(hidden[0], kernel=1) for _ in range(cfg.get("dec_blocks", 0))]
+                         ] if hidden else []  # at latent resolution
+        self.synthesis = nn.Sequential(
+            *latent_layers,
+            nn.ConvTranspose2d(hidden[0] if hidden else m, d2, 8, 4, 2), GDN(d2, inverse=True),
+            nn.ConvTranspose2d(d2, 3, 8, 4, 2),
+        )
         self.hyper_analysis = nn.Sequential(
             nn.Conv2d(m, hh, 3, 1, 1), nn.ReLU(),
             nn.Conv2d(hh, hh, 5, 2, 2), nn.ReLU(),
