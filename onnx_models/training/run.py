@@ -13,18 +13,25 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_run(description: str) -> tuple[dict, Path, np.random.Generator, object]:
-    """Parse ``--config``/``--run-dir``, seed everything, open the run's append-only log."""
+def start_run(description: str, device_options: bool = False
+              ) -> tuple[dict, Path, np.random.Generator, object, argparse.Namespace]:
+    """Parse the command line, seed everything, open the run's append-only log.  With
+    ``device_options`` (scripts that support them) the command line also says where and
+    how long this invocation runs (``--device``; ``--minutes``: checkpoint and stop, to
+    resume later), which is not part of what is trained."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", required=True)
     ap.add_argument("--run-dir", default=None)
+    if device_options:
+        ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda on an accelerator machine")
+        ap.add_argument("--minutes", type=float, default=None, help="checkpoint and stop after this long")
     args = ap.parse_args()
     cfg = json.loads(Path(args.config).read_text())
     torch.set_num_threads(cfg.get("threads", 1))
     run_dir = Path(args.run_dir or ROOT / "onnx_models/training/runs" / cfg["name"])
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg["seed"])
-    return cfg, run_dir, np.random.default_rng(cfg["seed"]), open(run_dir / "log.jsonl", "a")
+    return cfg, run_dir, np.random.default_rng(cfg["seed"]), open(run_dir / "log.jsonl", "a"), args
 
 
 CHECKPOINT_EVERY_S = 180
@@ -37,14 +44,14 @@ def resume(run_dir: Path, cfg: dict, model: torch.nn.Module, opt: torch.optim.Op
     ``init_from`` in the config, if any."""
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt)
+        state = torch.load(ckpt, map_location="cpu")  # the optimizer moves its state to the model's device
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
         return step, np.random.default_rng(cfg["seed"] + step)
     if cfg.get("init_from"):
-        warm_start(model, torch.load(ROOT / cfg["init_from"])["model"])
+        warm_start(model, torch.load(ROOT / cfg["init_from"], map_location="cpu")["model"])
         print(f"initialised from {cfg['init_from']}", flush=True)
     return 0, rng
 
@@ -82,11 +89,12 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def list_images(dirs: list[str]) -> list[Path]:
-    """PNG files of the configured data folders (never Kodak), sorted."""
+    """PNG (and packed JPEG, pack_photos.py) files of the configured data folders (never
+    Kodak), sorted."""
     files = []
     for d in dirs:
         folder = Path(os.path.expanduser(d))
         if "kodak" in folder.parts:
             raise SystemExit("refusing to train on Kodak: it is for evaluation only")
-        files += sorted(folder.glob("*.png"))
+        files += sorted([*folder.glob("*.png"), *folder.glob("*.jpg")])
     return files

@@ -155,7 +155,7 @@ def evaluate_pools(models: dict, val: dict, quantised: bool) -> float:
 
 
 def main() -> None:
-    cfg, run_dir, rng, log = start_run(__doc__.splitlines()[0])
+    cfg, run_dir, rng, log, _ = start_run(__doc__.splitlines()[0])
 
     files = list_images(cfg["data"])
     val_files = files[:: cfg["val_every"]]

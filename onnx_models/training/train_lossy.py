@@ -235,7 +235,7 @@ class Codec(nn.Module):
 def load_codec(path: Path) -> tuple[Codec, dict]:
     """(codec in eval mode, the checkpoint: its "config", "step", ...) from a run checkpoint
     or a model-only checkpoint."""
-    state = torch.load(path)
+    state = torch.load(path, map_location="cpu")
     codec = Codec(state["config"])
     codec.load_state_dict(state["model"])
     codec.eval()
@@ -518,7 +518,7 @@ def gauss_bits(v: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
 
 def _blur(x: torch.Tensor, sigma: float = 1.5, size: int = 11) -> torch.Tensor:
     """'valid' separable Gaussian per channel, as pillow_nic.metrics does it."""
-    t = torch.arange(size, dtype=x.dtype) - size // 2
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - size // 2
     k = torch.exp(-(t ** 2) / (2 * sigma ** 2))
     k = k / k.sum()
     ch = x.shape[1]
@@ -533,9 +533,9 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     scales = 1
     while scales < 5 and min(a.shape[2:]) >> scales >= 11:
         scales += 1
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales])
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], device=a.device)
     weights = weights / weights.sum()
-    value = torch.ones(a.shape[0])
+    value = torch.ones(a.shape[0], device=a.device)
     for s in range(scales):
         mu_a, mu_b = _blur(a), _blur(b)
         va, vb = _blur(a * a) - mu_a ** 2, _blur(b * b) - mu_b ** 2
@@ -582,7 +582,11 @@ def load_crops(dirs: list[str], n_crops: int, size: int, rng: np.random.Generato
 
 
 def main() -> None:
-    cfg, run_dir, rng, log = start_run(__doc__.splitlines()[0])
+    cfg, run_dir, rng, log, opts = start_run(__doc__.splitlines()[0], device_options=True)
+    device = torch.device(opts.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
 
     cache = run_dir / "crops.npy"
     t0 = time.time()
@@ -596,13 +600,13 @@ def main() -> None:
     rng.shuffle(train)
     print(f"{len(train)} train / {len(val)} val crops, {time.time() - t0:.0f}s", flush=True)
 
-    model = Codec(cfg)
+    model = Codec(cfg).to(device)
     fast = [p for name, p in model.named_parameters() if name == "y_row_offset"]  # whole rows: a faster rate
     groups = [dict(params=[p for name, p in model.named_parameters() if name != "y_row_offset"])]
     if fast:  # only then: checkpoints of runs without row offsets hold one parameter group
         groups.append(dict(params=fast, lr_scale=cfg.get("row_offset_lr_scale", 1.0)))
     opt = torch.optim.Adam(groups, lr=cfg["lr"])
-    lambdas = torch.tensor(cfg["lambdas"])
+    lambdas = torch.tensor(cfg["lambdas"], device=device)
     step, rng = resume(run_dir, cfg, model, opt, rng, grow)
     if step == 0 and model.detail and cfg.get("init_from") and cfg.get("init_detail", True):
         init_detail_channels(model, train)
@@ -621,9 +625,9 @@ def main() -> None:
         model.eval()
         out = []
         with torch.no_grad():
-            x = images_to_tensor(val)
+            x = images_to_tensor(val).to(device)
             for lv in range(len(cfg["lambdas"])):
-                level = torch.full((len(x),), lv, dtype=torch.long)
+                level = torch.full((len(x),), lv, dtype=torch.long, device=device)
                 x_hat, by, bz = model(x, level, step >= qat_from)
                 mse = F.mse_loss(x_hat.clamp(0, 1), x).item()
                 bpp = (by.sum() + bz.sum()).item() / (len(x) * x.shape[2] * x.shape[3])
@@ -632,6 +636,7 @@ def main() -> None:
         model.train()
         return out
 
+    train_on_device = torch.from_numpy(train).to(device)  # uint8; on the CPU the same memory
     t_start, last_ckpt, start_step = time.time(), time.time(), step
     b = cfg["batch"]
     while step < total:
@@ -639,12 +644,11 @@ def main() -> None:
         lr = learning_rate(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        idx = rng.integers(0, len(train), b)
-        batch = train[idx]
+        batch = train_on_device[torch.from_numpy(rng.integers(0, len(train), b)).to(device)]
         if rng.random() < 0.5:
-            batch = batch[:, :, ::-1]
-        x = images_to_tensor(batch)
-        level = torch.from_numpy(trained_levels[rng.integers(0, len(trained_levels), b)])
+            batch = batch.flip(2)  # (N, H, W, 3): left-right
+        x = batch.permute(0, 3, 1, 2).float() / 255
+        level = torch.from_numpy(trained_levels[rng.integers(0, len(trained_levels), b)]).to(device)
         x_hat, by, bz = model(x, level, quantised)
         pixels = x.shape[2] * x.shape[3]
         bpp = (by.flatten(1).sum(1) + bz.flatten(1).sum(1)) / pixels
@@ -665,6 +669,10 @@ def main() -> None:
         if time.time() - last_ckpt > CHECKPOINT_EVERY_S or step == total:
             save_checkpoint(run_dir, cfg, model, opt, step)
             last_ckpt = time.time()
+        if opts.minutes and time.time() - t_start > 60 * opts.minutes and step < total:
+            save_checkpoint(run_dir, cfg, model, opt, step)
+            print(f"stopped at step {step} after {opts.minutes} min; run again to resume", flush=True)
+            return
     finish(run_dir, cfg, log, dict(step=step, val=evaluate()))
 
 

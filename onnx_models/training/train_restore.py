@@ -84,7 +84,7 @@ def sample_quality(rng: np.random.Generator, low: int, high: int) -> int:
 
 
 def main() -> None:
-    cfg, run_dir, rng, log = start_run(__doc__.splitlines()[0])
+    cfg, run_dir, rng, log, _ = start_run(__doc__.splitlines()[0])
     crops_file = ROOT / cfg["crops_from"]
     # the lossy run's crops (extracted with seed 1): the same held-out validation crops
     crops = np.load(crops_file) if crops_file.exists() else \
