@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lossy_ceiling import SIZE, central_crops  # noqa: E402
-from run import images_to_tensor  # noqa: E402
+from run import TRAINING_PHOTOS, images_to_tensor  # noqa: E402
 from train_lossy import LATENT_CLIP, latent_tables, load_codec, table_rows  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -81,7 +81,7 @@ def coded_rate_distortion(model, x: torch.Tensor) -> list[tuple[float, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--crops", nargs="*", default=[], help="run names whose held-out crops to use")
-    ap.add_argument("--photos", type=int, default=0, help="also: central crops of this many photos (lossy_ceiling)")
+    ap.add_argument("--photos", type=int, default=0, help="also: central crops of this many training photos (run.TRAINING_PHOTOS, lossy_ceiling)")
     ap.add_argument("--reference", required=True)
     ap.add_argument("--coded", action="store_true",
                     help="rate as the format codes it (coded_rate_distortion), not the training estimate")
@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     measure = coded_rate_distortion if args.coded else rate_distortion
     torch.set_num_threads(1)
-    reference, state = load_codec(HERE / args.reference)
+    reference = load_codec(HERE / args.reference)[0]
     others = {path: load_codec(HERE / path)[0] for path in args.checkpoints}
     sets = {}
     for run in args.crops:
@@ -98,7 +98,7 @@ def main() -> None:
         sets[f"{run} held-out crops"] = images_to_tensor(np.array(crops))  # a copy: the memory map is read-only
     if args.photos:
         sets[f"central {SIZE}x{SIZE} of {args.photos} photos (every 10th, native resolution)"] = \
-            central_crops(state["config"]["data"], args.photos)
+            central_crops(TRAINING_PHOTOS, args.photos)
     for name, x in sets.items():
         ref = measure(reference, x)
         log_rate, quality = np.log([r for r, _ in ref]), np.array([q for _, q in ref])

@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, images_to_tensor, list_images  # noqa: E402
+from run import ROOT, TRAINING_PHOTOS, images_to_tensor, list_images  # noqa: E402
 from train_lossy import LATENT_CLIP, load_codec  # noqa: E402
 
 SIZE = 512
@@ -80,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, state = load_codec(ROOT / args.checkpoint)
     cfg = state["config"]
-    x = central_crops(cfg["data"], args.images)
+    x = central_crops(TRAINING_PHOTOS, args.images)
     print(f"{len(x)} crops of {SIZE}x{SIZE}; level: PSNR unquantised / rounded, channels used (>1 % / >10 % nonzero)")
     with torch.no_grad():
         y = model.analyse(x)

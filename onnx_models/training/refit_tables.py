@@ -27,11 +27,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export import release  # noqa: E402
-from run import list_images  # noqa: E402
+from run import TRAINING_PHOTOS, list_images  # noqa: E402
 
 from pillow_nic import interlace, lossless, models, tables  # noqa: E402
 
-DATA = ["../shared/data/train", "~/.cache/nic-train-extra"]
 TILE = 256
 
 
@@ -86,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     entry = next(e for e in models.registered() if e["name"] == args.model)
     package = models.package_by_hash(entry["hash"], "onnxruntime")
-    files = list_images(DATA)
+    files = list_images(TRAINING_PHOTOS)
     val_files, train_files = files[::10], [f for i, f in enumerate(files) if i % 10]
     t0 = time.time()
     train = count(package, [load(f) for f in train_files])

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the training photos as PNG (never Kodak): the default data, and the photos that
+#: evaluations on training data crop from, whatever data a checkpoint was trained on
+TRAINING_PHOTOS = ["../shared/data/train", "~/.cache/nic-train-extra"]
 
 
 def start_run(description: str, device_options: bool = False
@@ -90,11 +93,14 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def list_images(dirs: list[str]) -> list[Path]:
     """PNG (and packed JPEG, pack_photos.py) files of the configured data folders (never
-    Kodak), sorted."""
+    Kodak), sorted.  Relative folders are relative to the repository root, whatever the
+    working directory; a missing folder is an error, not an empty list."""
     files = []
     for d in dirs:
-        folder = Path(os.path.expanduser(d))
+        folder = ROOT / Path(os.path.expanduser(d))  # an absolute path stays itself
         if "kodak" in folder.parts:
             raise SystemExit("refusing to train on Kodak: it is for evaluation only")
+        if not folder.is_dir():
+            raise SystemExit(f"data folder {folder} not found")
         files += sorted([*folder.glob("*.png"), *folder.glob("*.jpg")])
     return files
