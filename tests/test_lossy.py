@@ -167,13 +167,13 @@ def test_blockwise_synthesis_equals_whole_canvas(photo):
     fp = io.BytesIO(data)
     header = container.read_header(fp)
     container.read_meta(fp, header)
-    canvas = np.zeros((1, 128, -(-photo.shape[0] // 64) * 4, -(-photo.shape[1] // 64) * 4), np.float32)
+    _, inv_gain = lossy._lossy_for(package).gains(60)
+    canvas = np.zeros((1, len(inv_gain), -(-photo.shape[0] // 64) * 4, -(-photo.shape[1] // 64) * 4), np.float32)
     for ti, tile in enumerate(header.layers[0].tiles):
         x0, y0, x1, y1 = header.tile_box(ti)
         payload = container.read_payload(fp, tile, f"tile {ti}")
         lat = lossy.decode_latents(package, payload, (y1 - y0, x1 - x0), 60, ti)
         canvas[:, :, y0 // 16:y0 // 16 + lat.shape[2], x0 // 16:x0 // 16 + lat.shape[3]] = lat
-    _, inv_gain = lossy._lossy_for(package).gains(60)
     (image,) = package.graph("decoder").run(["image"], {"latents": canvas, "inv_gain": inv_gain[None, :, None, None]})
     whole = np.clip(np.round(image[0].transpose(1, 2, 0) * 255), 0, 255)[:photo.shape[0], :photo.shape[1]]
     assert len(lossy.synthesis_blocks(canvas.shape[2], canvas.shape[3])) > 1

@@ -96,6 +96,8 @@ CASES = {
     "lossless8_la_41x30": ("LA", 41, 30, dict(lossless=True)),
     # session 8: coder 6 (R, G, B as separate planes) on a blown sky beside an ordinary tile
     "lossless8planes_rgb_48x96": ("RGB", 48, 96, dict(lossless=True, tile_size=48)),
+    # session 11: nic-lossy-8 (192 latents straight into the synthesis, two encoder blocks)
+    "lossy8_rgb_112x96": ("RGB", 112, 96, dict(lossless=False, quality=35, tile_size=64)),
 }
 
 #: cases whose pixels are not image_for_mode's: name -> (height, width, seed) -> pixels
