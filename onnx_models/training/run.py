@@ -86,9 +86,12 @@ def learning_rate(cfg: dict, step: int) -> float:
     return cfg["lr"] * max(0.01, (1 - frac) / (1 - cfg["decay_from"]))
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 images as an (N, 3, H, W) float tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 images (an array, or a tensor on any device) as an (N, 3, H, W)
+    float tensor in [0, 1] on the same device."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    return images.permute(0, 3, 1, 2).float() / 255
 
 
 def list_images(dirs: list[str]) -> list[Path]:

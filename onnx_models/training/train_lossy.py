@@ -647,7 +647,7 @@ def main() -> None:
         batch = train_on_device[torch.from_numpy(rng.integers(0, len(train), b)).to(device)]
         if rng.random() < 0.5:
             batch = batch.flip(2)  # (N, H, W, 3): left-right
-        x = batch.permute(0, 3, 1, 2).float() / 255
+        x = images_to_tensor(batch)
         level = torch.from_numpy(trained_levels[rng.integers(0, len(trained_levels), b)]).to(device)
         x_hat, by, bz = model(x, level, quantised)
         pixels = x.shape[2] * x.shape[3]
