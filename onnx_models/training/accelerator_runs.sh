@@ -15,14 +15,16 @@ set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
     export PYTHONPATH=/tmp/site || exit 1
 for spec in $RUNS; do
-    name=${spec%%:*} minutes=${spec##*:} run=onnx_models/training/runs/${spec%%:*}
+    name=${spec%%:*} minutes=${spec##*:}
+    run=onnx_models/training/runs/$name
     mkdir -p "$run"
     PYTHONUNBUFFERED=1 python3 onnx_models/training/train_lossy.py --config "onnx_models/training/$name.json" \
         --device cuda --minutes "$minutes" > "$run/train.out" 2>&1 &
 done
 wait
 for spec in $RUNS; do
-    name=${spec%%:*} run=onnx_models/training/runs/${spec%%:*}
+    name=${spec%%:*}
+    run=onnx_models/training/runs/$name
     tail -3 "$run/train.out"
     python3 -c "import sys, torch; s = torch.load(sys.argv[1], map_location='cpu'); \
 torch.save(dict(model=s['model'], config=s['config'], step=s['step']), sys.argv[2])" "$run/checkpoint.pt" "$OUT/$name.model.pt"

@@ -666,11 +666,11 @@ def main() -> None:
             if step % cfg["val_every"] == 0:
                 rec["val"] = evaluate()
             log_record(log, rec)
-        if time.time() - last_ckpt > CHECKPOINT_EVERY_S or step == total:
+        out_of_time = bool(opts.minutes) and time.time() - t_start > 60 * opts.minutes and step < total
+        if time.time() - last_ckpt > CHECKPOINT_EVERY_S or step == total or out_of_time:
             save_checkpoint(run_dir, cfg, model, opt, step)
             last_ckpt = time.time()
-        if opts.minutes and time.time() - t_start > 60 * opts.minutes and step < total:
-            save_checkpoint(run_dir, cfg, model, opt, step)
+        if out_of_time:
             print(f"stopped at step {step} after {opts.minutes} min; run again to resume", flush=True)
             return
     finish(run_dir, cfg, log, dict(step=step, val=evaluate()))
