@@ -81,6 +81,10 @@ def test_pillow_save_quality(crop):
 
 
 def test_corrupt_lossy_payload_with_valid_checksum(crop):
+    """Payloads that cannot be whole are refused.  (Words appended to or taken from a
+    valid stream are caught only by chance: the rANS stream has no end marker, so whether
+    its garbage ends with words left over depends on the model and image; the container's
+    checksums are what catch damage.)"""
     package = models.default_model("lossy")
     y, z = lossy._analyse(package, crop, (0, 0, crop.shape[1], crop.shape[0]), lossy._lossy_for(package).gains(50)[0])
     payload = lossy.encode_tile(package, y, z, 50)
@@ -90,8 +94,9 @@ def test_corrupt_lossy_payload_with_valid_checksum(crop):
         lossy.decode_latents(package, payload[:6], shape, 50, 0)
     with pytest.raises(pillow_nic.NicError):
         lossy.decode_latents(package, payload, (shape[0] + 64, shape[1]), 50, 0)
-    with pytest.raises(pillow_nic.NicError):
-        lossy.decode_latents(package, payload + b"\x01\x00\x00\x00", shape, 50, 0)
+    for damaged in (payload + b"\x01", payload + bytes(4)):  # a partial word; a final zero word
+        with pytest.raises(pillow_nic.NicError):
+            lossy.decode_latents(package, damaged, shape, 50, 0)
 
 
 def test_tile_size_must_be_a_multiple_of_64(crop):
@@ -196,13 +201,13 @@ def test_layer_naming_a_package_of_another_kind_is_refused(crop):
         pillow_nic.decode(out.getvalue())
 
 
-class _WithUncodedRows:
-    """A released lossy package seen with another ``uncoded_rows`` in its tables."""
+class _WithTables:
+    """A released lossy package seen with some of its tables changed or left out."""
 
-    def __init__(self, package, uncoded_rows: int):
+    def __init__(self, package, without: tuple[str, ...] = (), **tables):
         self.package = package
         self.runtime = package.runtime
-        self.tables = dict(package.tables, uncoded_rows=np.int32(uncoded_rows))
+        self.tables = {k: v for k, v in dict(package.tables, **tables).items() if k not in without}
 
     def graph(self, role: str, keep_buffers: bool = False):
         return self.package.graph(role, keep_buffers)
@@ -217,7 +222,7 @@ def test_latents_in_uncoded_rows_are_zero_and_cost_nothing(crop):
     gain, _ = lossy._lossy_for(package).gains(100)
     y, z = lossy._analyse(package, tile, (0, 0, 192, 128), gain)
     mean8, rows = lossy._hyper(package, np.clip(np.round(z), -127, 127).astype(np.int64))
-    skipping = _WithUncodedRows(package, 5)
+    skipping = _WithTables(package, uncoded_rows=np.int32(5))
     coded = [lossy.encode_tile(p, y, z, 100) for p in (package, skipping)]
     full, skipped = (lossy.decode_latents(p, d, (128, 192), 100, 0)[0].astype(np.float32)
                      for p, d in zip((package, skipping), coded))
@@ -230,6 +235,48 @@ def test_latents_in_uncoded_rows_are_zero_and_cost_nothing(crop):
 
 @pytest.mark.parametrize("value", [-1, 65])
 def test_uncoded_rows_outside_the_table_family_are_refused(value):
-    package = _WithUncodedRows(models.default_model("lossy"), value)
+    package = _WithTables(models.default_model("lossy"), uncoded_rows=np.int32(value))
     with pytest.raises(pillow_nic.NicError, match="uncoded table rows"):
+        lossy._Lossy(package)
+
+
+HINTS = ("rdoq_lambda", "synthesis_energy")
+
+
+def test_optimised_rounding_moves_symbols_one_step_toward_zero_and_saves_bits(crop):
+    """With the package's rounding hints (FORMAT.md, encoder hints) some nonzero symbols
+    move one step toward zero, no other symbol changes, each move lowers the tile's
+    bits + weighted squared error, and the payload shrinks; it still decodes."""
+    package = models.default_model("lossy")
+    hinted = lossy._lossy_for(package)
+    assert hinted.optimised_rounding, "the default lossy package carries rounding hints"
+    tile, quality = crop[:128, :192], 60
+    y, z = lossy._analyse(package, tile, (0, 0, 192, 128), hinted.gains(quality)[0])
+    mean8, rows = lossy._hyper(package, np.clip(np.round(z), -127, 127).astype(np.int64))
+    residual = y[0] - mean8 / 8
+    nearest = np.clip(np.round(residual), -127, 127).astype(np.int64)
+    chosen = lossy.rounded_symbols(hinted, residual, rows, quality)
+    moved = chosen != nearest
+    assert 0 < moved.sum() < (nearest != 0).sum()
+    np.testing.assert_array_equal(chosen[moved], nearest[moved] - np.sign(nearest[moved]))
+
+    def cost(symbols):
+        per_latent = hinted.bits[rows, symbols + 127] + \
+            hinted.error_weights(quality)[:, None, None] * (symbols - residual) ** 2
+        return per_latent[moved].sum()
+
+    assert cost(chosen) < cost(nearest)
+    plain = _WithTables(package, without=HINTS)
+    payloads = [lossy.encode_tile(p, y, z, quality) for p in (package, plain)]
+    assert len(payloads[0]) < len(payloads[1])
+    decoded = lossy.decode_latents(package, payloads[0], (128, 192), quality, 0)[0].astype(np.float32)
+    coded = rows >= hinted.uncoded_rows
+    np.testing.assert_array_equal(decoded[coded], (chosen + mean8 / 8)[coded])
+
+
+@pytest.mark.parametrize("change", [dict(rdoq_lambda=np.ones(3, np.float32)),
+                                    dict(synthesis_energy=np.zeros((6, 192), np.float32))])
+def test_malformed_rounding_hints_are_refused(change):
+    package = _WithTables(models.default_model("lossy"), **change)
+    with pytest.raises(pillow_nic.NicError, match="rounding hints"):
         lossy._Lossy(package)

@@ -52,8 +52,7 @@ def coded_rate_distortion(model, x: torch.Tensor) -> list[tuple[float, float]]:
     hyper-latents and latents, each costing -log2 of its integer table frequency, latents
     in uncoded rows free and decoded as their mean, table-row offsets applied.  Unlike
     the training estimate, a latent that is always 0 in a narrow row costs nothing."""
-    if model.context:
-        raise ValueError("the coded rate of checkerboard-context codecs is not implemented")
+    model.coded_rate = True  # a checkerboard context sees its anchors as coded
     family, uncoded = latent_tables()
     log_p = torch.from_numpy(np.log2(family / family.sum(axis=1, keepdims=True)))
     z_rows = model.z_table_rows()
@@ -65,8 +64,8 @@ def coded_rate_distortion(model, x: torch.Tensor) -> list[tuple[float, float]]:
             for batch in x.split(8):
                 y = model.analyse(batch) * gain
                 z_hat = torch.clamp(torch.round(model.hyper_analysis(y)), -LATENT_CLIP, LATENT_CLIP)
-                mean, log_scale, _ = model.hyper_synthesis(z_hat, True)
-                rows = table_rows(model.offset_rows(log_scale, torch.full((len(batch),), level)))
+                mean, log_scale = model.latent_parameters(y, z_hat, torch.full((len(batch),), level), True)
+                rows = table_rows(log_scale)
                 s = torch.clamp(torch.round(y - mean), -LATENT_CLIP, LATENT_CLIP).long()
                 s = torch.where(rows < uncoded, 0, s)
                 bits -= log_p[rows, s + LATENT_CLIP].sum().item()

@@ -4,7 +4,8 @@
 * ``hyper``: integer hyper-latents -> [latent means in 1/8 units, table rows]
   (integer-exact; checked against pillow_nic.intnet's contract before export)
 * ``decoder``: dequantised latents and inverse gain -> image
-* ``tables``: Gaussian table family (radius 127), z table rows per rate level, gains
+* ``tables``: Gaussian table family (radius 127), z table rows per rate level, gains, and
+  the encoder's rounding hints (rate-distortion trade-off and synthesis energy per level)
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ import qat  # noqa: E402
 from export import release  # noqa: E402
 from pillow_nic import intnet  # noqa: E402
 from pillow_nic.lossy import LATENT_CLIP, MEAN_BITS  # noqa: E402
+from lossy_ceiling import central_crops  # noqa: E402
+from run import TRAINING_PHOTOS  # noqa: E402
 from train_lossy import Codec, latent_tables, load_codec  # noqa: E402
+
+#: the encoder's rounding trades bits against λ times this much squared error: the moves of
+#: neighbouring latents add up in the pixels, which the per-latent estimate leaves out
+#: (tuned on the training photos, RUNS.md session 12: 5 to 7 best, 3 and 20 far worse)
+ROUNDING_LAMBDA_FACTOR = 6.0
+ENERGY_PHOTOS = 3  # central crops of training photos the synthesis energies are measured on
 
 
 class Encoder(nn.Module):
@@ -93,6 +102,29 @@ class IntHyper(nn.Module):
             bound = spec["clip_max"] or 0
 
 
+def synthesis_energy(codec: Codec, x: torch.Tensor, spacing: int = 6) -> np.ndarray:
+    """(levels, M): per level and latent channel, the pixel squared error ([0, 1] units,
+    summed over colours) of a unit change of one dequantised latent at the synthesis input,
+    around real latents: the codec's own decoded crops ``x``, with impulses ``spacing``
+    latents apart (beyond the synthesis' reach of 2, so each counts alone)."""
+    codec.coded_rate = True  # the latents as the file codes them
+    energy = np.zeros((codec.gain.shape[0], codec.m))
+    with torch.no_grad():
+        y0 = codec.analyse(x)
+        for lv in range(codec.gain.shape[0]):
+            level = torch.full((len(x),), lv)
+            y_hat, _, _ = codec.code_latents(y0 * codec.gain[lv].abs()[None, :, None, None], level, True)
+            latents = y_hat * codec.inv_gain[lv].abs()[None, :, None, None]
+            base = codec.synthesise(latents)
+            sites = torch.zeros(1, 1, *latents.shape[2:])
+            sites[:, :, spacing // 2::spacing, spacing // 2::spacing] = 1
+            for c in range(codec.m):
+                impulse = torch.zeros_like(latents)
+                impulse[:, c:c + 1] = sites
+                energy[lv, c] = ((codec.synthesise(latents + impulse) - base) ** 2).sum().item() / (sites.sum().item() * len(x))
+    return energy
+
+
 def export_lossy(run_dir: Path, name: str) -> None:
     codec, state = load_codec(run_dir / "checkpoint.pt")
     cfg, step = state["config"], state["step"]
@@ -129,7 +161,10 @@ def export_lossy(run_dir: Path, name: str) -> None:
                  uncoded_rows=np.int32(uncoded_rows),
                  z_rows=z_rows,
                  log_gain=torch.log(codec.gain.abs()).numpy().astype(np.float32),
-                 log_inv_gain=torch.log(codec.inv_gain.abs()).numpy().astype(np.float32))
+                 log_inv_gain=torch.log(codec.inv_gain.abs()).numpy().astype(np.float32),
+                 rdoq_lambda=(ROUNDING_LAMBDA_FACTOR * np.asarray(cfg["lambdas"])).astype(np.float32),
+                 synthesis_energy=synthesis_energy(codec, central_crops(TRAINING_PHOTOS, ENERGY_PHOTOS))
+                 .astype(np.float32))
     final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").exists() else {}
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     record = dict(config=cfg, step=step, final=final, log_tail=log[-3:],

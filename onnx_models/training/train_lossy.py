@@ -28,14 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qat  # noqa: E402
 from pillow_nic import tables  # noqa: E402
+from pillow_nic.lossy import LATENT_CLIP, MEAN_BITS  # noqa: E402
 from run import (CHECKPOINT_EVERY_S, finish, images_to_tensor, learning_rate, list_images,  # noqa: E402
                  log_record, resume, save_checkpoint, start_run)
 from pillow_nic.metrics import MS_SSIM_WEIGHTS  # noqa: E402
-
-MEAN_BITS = 3       # latent means on a 1/8 grid
-LATENT_CLIP = 127   # |y - mean| and |z| are coded within +-127
-CONTEXT_CLIP = 31   # the context network sees anchor latents rounded to integers within +-31
-
 
 class GDN(nn.Module):
     """Simplified (L1) GDN: x / (beta + gamma |x|); inverse multiplies instead."""
@@ -70,6 +66,7 @@ class ResBlock(nn.Module):
             self.conv2.bias.zero_()
 
 
+CONTEXT_CLIP = 31  # the context network sees anchor latents rounded to integers within +-31
 SYNTHESIS_FIRST_UPSAMPLING = 2  # index of the synthesis' first transposed convolution without residual blocks
 ANALYSIS_LAST = 6  # index of the analysis' final convolution when it has no residual blocks
 
@@ -204,32 +201,46 @@ class Codec(nn.Module):
         lowest = qat.SCALE_MIN + 0.5 * qat.SCALE_STEP
         return torch.clamp(log_scale + shift, lowest, lowest + (qat.SCALE_BINS - 1) * qat.SCALE_STEP)
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
-        gain, inv_gain = (g[level].abs()[:, :, None, None] for g in (self.gain, self.inv_gain))
-        y = self.analyse(x) * gain
+    def latent_parameters(self, y: torch.Tensor, z_hat: torch.Tensor, level: torch.Tensor, quantised: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(means, log-scales) of the latents y: the hyperprior's, and with the checkerboard
+        context the non-anchors' from their anchor neighbours as the decoder sees them
+        (coded symbols plus means, rounded to integers within +-CONTEXT_CLIP)."""
+        mean, log_scale, hidden = self.hyper_synthesis(z_hat, quantised)
+        log_scale = self.offset_rows(log_scale, level)
+        if not self.context:
+            return mean, log_scale
+        anchor = anchor_mask(y.shape[2], y.shape[3]).to(y.device)
+        symbols = self.symbols(y - mean, log_scale)[0]
+        anchors = torch.clamp(qat.ste_floor(symbols + mean + 0.5), -CONTEXT_CLIP, CONTEXT_CLIP) * anchor
+        ctx_mean, ctx_log_scale = self.context_parameters(hidden, anchors, quantised)
+        return torch.where(anchor, mean, ctx_mean), torch.where(anchor, log_scale, self.offset_rows(ctx_log_scale, level))
+
+    def symbols(self, residual: torch.Tensor, log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(rounded residuals, their coded bits or None): as coded (coded_latents) for a
+        coded-rate codec, else rounded only (the noisy estimate prices them)."""
+        if self.coded_rate:
+            return coded_latents(residual, log_scale)
+        return qat.ste_round(residual), None
+
+    def code_latents(self, y: torch.Tensor, level: torch.Tensor, quantised: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dequantised latents, bits of each latent, bits of each hyper-latent) of the
+        gained latents y: the entropy model's whole part of the training objective."""
         z = self.hyper_analysis(y)
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
         z_hat = torch.clamp(qat.ste_round(z), -LATENT_CLIP, LATENT_CLIP)
-        mean, log_scale, hidden = self.hyper_synthesis(z_hat, quantised)
-        if self.context:
-            anchor = anchor_mask(y.shape[2], y.shape[3])
-            rounded = qat.ste_floor(qat.ste_round(y - mean) + mean + 0.5)
-            anchors = torch.clamp(rounded, -CONTEXT_CLIP, CONTEXT_CLIP) * anchor
-            ctx_mean, ctx_log_scale = self.context_parameters(hidden, anchors, quantised)
-            mean = torch.where(anchor, mean, ctx_mean)
-            log_scale = torch.where(anchor, log_scale, ctx_log_scale)
-        log_scale = self.offset_rows(log_scale, level)
-        if self.coded_rate:
-            symbols, bits_y = coded_latents(y - mean, log_scale)
-            y_hat = symbols + mean
-        else:
-            y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-            y_hat = qat.ste_round(y - mean) + mean
-            bits_y = gauss_bits(y_noisy - mean, log_scale)
-        x_hat = self.synthesise(y_hat * inv_gain)
+        mean, log_scale = self.latent_parameters(y, z_hat, level, quantised)
+        symbols, bits_y = self.symbols(y - mean, log_scale)
+        if bits_y is None:
+            bits_y = gauss_bits(y + torch.empty_like(y).uniform_(-0.5, 0.5) - mean, log_scale)
         z_ls = self.z_log_scale[level][:, :, None, None].expand_as(z)
-        bits_z = gauss_bits(z_noisy, z_ls)
-        return x_hat, bits_y, bits_z
+        return symbols + mean, bits_y, gauss_bits(z_noisy, z_ls)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
+        gain, inv_gain = (g[level].abs()[:, :, None, None] for g in (self.gain, self.inv_gain))
+        y_hat, bits_y, bits_z = self.code_latents(self.analyse(x) * gain, level, quantised)
+        return self.synthesise(y_hat * inv_gain), bits_y, bits_z
 
 
 def load_codec(path: Path) -> tuple[Codec, dict]:

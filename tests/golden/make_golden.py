@@ -98,6 +98,8 @@ CASES = {
     "lossless8planes_rgb_48x96": ("RGB", 48, 96, dict(lossless=True, tile_size=48)),
     # session 11: nic-lossy-8 (192 latents straight into the synthesis, two encoder blocks)
     "lossy8_rgb_112x96": ("RGB", 112, 96, dict(lossless=False, quality=35, tile_size=64)),
+    # session 12: nic-lossy-9 (nic-lossy-8's networks; the encoder's rate-distortion optimised rounding)
+    "lossy9_rgb_96x112": ("RGB", 96, 112, dict(lossless=False, quality=55, tile_size=64)),
 }
 
 #: cases whose pixels are not image_for_mode's: name -> (height, width, seed) -> pixels
