@@ -22,7 +22,7 @@ from . import entropy, interlace, intnet
 from .colour import rgb_to_ycocg, ycocg_to_rgb
 from .container import NicError
 from .lossless_model import PLANES, model_key
-from .tables import PRECISION, SCALE_BINS
+from .tables import SCALE_BINS, code_lengths
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ class _Tables:
     @cached_property
     def costs(self) -> dict[int, np.ndarray]:
         """Per radius, (tables, symbols) code lengths in bits, for the encoder's calibration search."""
-        return {radius: PRECISION - np.log2(family.reshape(-1, family.shape[-1]).astype(np.float64))
-                for radius, family in self.families.items()}
+        return {radius: code_lengths(family.reshape(-1, family.shape[-1])) for radius, family in self.families.items()}
 
 
 @lru_cache(maxsize=8)

@@ -13,13 +13,13 @@ through per-channel gains.
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
 from . import entropy
 from .container import NicError, grow_box
-from .tables import SCALE_BINS
+from .tables import SCALE_BINS, code_lengths
 
 MEAN_BITS = 3
 LATENT_CLIP = 127
@@ -37,6 +37,7 @@ class _Lossy:
         family = t["family127"]
         if family.shape != (SCALE_BINS, 2 * LATENT_CLIP + 1):
             raise NicError(f"lossy model tables have shape {family.shape}")
+        self.family = family
         self.models = entropy.TableSet.categorical(family)
         self.z_rows = t["z_rows"].astype(np.int64)
         self.log_gain = t["log_gain"].astype(np.float64)
@@ -56,7 +57,11 @@ class _Lossy:
                 raise NicError(f"lossy model's rounding hints are malformed (shapes {lam.shape}, {energy.shape}, "
                                "values must be positive)")
             self.log_rdoq_lambda, self.log_energy = np.log(lam), np.log(energy)
-            self.bits = (-np.log2(np.maximum(family, 1) / family.sum(axis=1, keepdims=True))).astype(np.float32)
+
+    @cached_property
+    def bits(self) -> np.ndarray:
+        """(row, symbol) code lengths of the latent tables, for the encoder's rounding."""
+        return code_lengths(self.family).astype(np.float32)
 
     def coded(self, rows: np.ndarray) -> np.ndarray | slice:
         """Which of the latents with these table rows are entropy coded."""

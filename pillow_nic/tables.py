@@ -57,3 +57,9 @@ def build_family(radius: int, offsets: int, shape: str) -> np.ndarray:
             pmf = cdf((r + 0.5 - mu) / s) - cdf((r - 0.5 - mu) / s)
             out[row, o] = quantise_pmf(np.maximum(pmf, 0.0))
     return out
+
+
+def code_lengths(frequencies: np.ndarray) -> np.ndarray:
+    """Bits each symbol costs under integer frequency tables summing to 2**PRECISION
+    (the encoders' estimates when they choose between codings)."""
+    return PRECISION - np.log2(frequencies.astype(np.float64))

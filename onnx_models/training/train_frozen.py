@@ -52,12 +52,9 @@ def level_rates(model: Codec, latents: torch.Tensor, crops: np.ndarray) -> list[
             bits, sq = 0.0, 0.0
             for i in range(0, len(latents), 16):
                 y0 = latents[i:i + 16].float()
-                level = torch.full((len(y0),), lv, dtype=torch.long)
-                y_hat, by, bz = model.code_latents(y0 * model.gain[lv].abs()[None, :, None, None], level, True)
+                x_hat, by, bz = model.reconstruct(y0, torch.full((len(y0),), lv, dtype=torch.long), True)
                 bits += (by.sum() + bz.sum()).item()
-                x = images_to_tensor(crops[i:i + 16])
-                x_hat = model.synthesise(y_hat * model.inv_gain[lv].abs()[None, :, None, None])
-                sq += F.mse_loss(x_hat.clamp(0, 1), x, reduction="sum").item()
+                sq += F.mse_loss(x_hat.clamp(0, 1), images_to_tensor(crops[i:i + 16]), reduction="sum").item()
             out.append(dict(level=lv, bpp=round(bits / (len(latents) * pixels), 4),
                             psnr=round(10 * math.log10(3 * len(latents) * pixels / sq), 3)))
     model.coded_rate = training_rate
@@ -67,7 +64,7 @@ def level_rates(model: Codec, latents: torch.Tensor, crops: np.ndarray) -> list[
 def main() -> None:
     cfg, run_dir, rng, log, opts = start_run(__doc__.splitlines()[0])
     if not cfg.get("init_from"):
-        raise SystemExit("an entropy-model fine-tune needs init_from (the frozen transforms)")
+        raise SystemExit("a fine-tune over a frozen analysis needs init_from (the codec it starts from)")
     model = Codec(cfg)
     prefixes = tuple(cfg.get("trainable", ENTROPY_MODEL))  # e.g. the context alone, the hyperprior kept
     if not all(prefix.startswith(TRAINABLE) for prefix in prefixes):
@@ -96,7 +93,8 @@ def main() -> None:
         np.save(run_dir / "crops.npy", crops)
     n_val = cfg["val_crops"]
     val, train = torch.from_numpy(latents[:n_val]), torch.from_numpy(latents[n_val:])
-    val_crops, train_crops = np.array(crops[:n_val]), torch.from_numpy(np.array(crops[n_val:]) if with_synthesis else np.zeros(0))
+    val_crops = np.array(crops[:n_val])
+    train_crops = torch.from_numpy(np.array(crops[n_val:])) if with_synthesis else None  # the distortion's targets
     print(f"{len(train)} train / {len(val)} val latents, {time.time() - t0:.0f}s", flush=True)
 
     reference_file = run_dir / "reference_bpp.json"  # the warm start's rates weigh the levels
@@ -116,13 +114,15 @@ def main() -> None:
         pick = torch.from_numpy(rng.integers(0, len(train), b))
         y0 = train[pick].float()
         level = torch.from_numpy(rng.integers(0, levels, b))
-        y_hat, by, bz = model.code_latents(y0 * model.gain[level].abs()[:, :, None, None], level, True)
-        bpp = (by.flatten(1).sum(1) + bz.flatten(1).sum(1)) / (y0.shape[2] * y0.shape[3] * 256)
-        cost = bpp
         if with_synthesis:
-            x_hat = model.synthesise(y_hat * model.inv_gain[level].abs()[:, :, None, None])
-            cost = bpp + lambdas[level] * distortion(x_hat, images_to_tensor(train_crops[pick]), "mse")
-        loss = (cost * level_weight[level]).mean()  # relative to each level's rate: every level counts alike
+            x_hat, by, bz = model.reconstruct(y0, level, True)
+            weighted_distortion = lambdas[level] * distortion(x_hat, images_to_tensor(train_crops[pick]), "mse")
+        else:  # the reconstruction does not move: rate alone
+            _, by, bz = model.code_latents(y0 * model.gain[level].abs()[:, :, None, None], level, True)
+            weighted_distortion = 0
+        bpp = (by.flatten(1).sum(1) + bz.flatten(1).sum(1)) / (y0.shape[2] * y0.shape[3] * 256)
+        # relative to each level's rate: every level counts alike
+        loss = ((bpp + weighted_distortion) * level_weight[level]).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)

@@ -237,10 +237,16 @@ class Codec(nn.Module):
         z_ls = self.z_log_scale[level][:, :, None, None].expand_as(z)
         return symbols + mean, bits_y, gauss_bits(z_noisy, z_ls)
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
+    def reconstruct(self, latents: torch.Tensor, level: torch.Tensor, quantised: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image, bits of each latent, bits of each hyper-latent) from the analysis'
+        latents before gains, at each batch item's level."""
         gain, inv_gain = (g[level].abs()[:, :, None, None] for g in (self.gain, self.inv_gain))
-        y_hat, bits_y, bits_z = self.code_latents(self.analyse(x) * gain, level, quantised)
+        y_hat, bits_y, bits_z = self.code_latents(latents * gain, level, quantised)
         return self.synthesise(y_hat * inv_gain), bits_y, bits_z
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, quantised: bool):
+        return self.reconstruct(self.analyse(x), level, quantised)
 
 
 def load_codec(path: Path) -> tuple[Codec, dict]:
