@@ -96,6 +96,28 @@ def conv_transpose(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1),
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def depth_to_space(x, *, blocksize, mode="DCR"):
+    """Channel blocks to pixel blocks: "CRD" takes channel c*b*b + i*b + j to (c, i, j),
+    "DCR" takes (i*b + j)*C' + c there."""
+    n, c, h, w = x.shape
+    b = blocksize
+    if mode in ("CRD", b"CRD"):
+        blocks = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    else:
+        blocks = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    return np.ascontiguousarray(blocks.reshape(n, c // (b * b), h * b, w * b))
+
+
+def slice_(x, starts, ends, axes=None, steps=None):
+    """ONNX Slice: per axis, Python slicing start:end:step (ends beyond the size clamp)."""
+    index = [slice(None)] * x.ndim
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[int(axis)] = slice(int(start), int(end), int(step))
+    return np.ascontiguousarray(x[tuple(index)])
+
+
 def constant(*, value=None, **kwargs):
     if value is None:
         raise NotImplementedError("Constant: only the 'value' attribute")
@@ -121,6 +143,7 @@ INPLACE = {
     "Div": _elementwise(lambda a, b, out: np.divide(a, b, out=out)),
     "Floor": _elementwise(lambda a, out: np.floor(a, out=out)),
     "Abs": _elementwise(lambda a, out: np.abs(a, out=out)),
+    "Sign": _elementwise(lambda a, out: np.sign(a, out=out)),
     "Relu": _elementwise(lambda a, out: np.maximum(a, np.float32(0), out=out)),
     "Clip": _elementwise(_clip_into),
 }
@@ -129,6 +152,8 @@ OPS = {
     "Conv": conv,
     "ConvTranspose": conv_transpose,
     "Constant": constant,
+    "DepthToSpace": depth_to_space,
+    "Slice": slice_,
     "MatMul": matmul,
     "Gemm": gemm,
     "Identity": lambda x: x,

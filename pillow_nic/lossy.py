@@ -5,7 +5,8 @@ margin of neighbouring pixels; decoding lays every tile's latents on one canvas
 and synthesises it block by block with a halo, so tiles show no seams.
 z is rounded and coded under per-channel table rows; the integer-exact hyper
 graph turns z into latent means and table rows, identical on every runtime; y is
-coded as round(y - mean) under those rows; the decoder graph rebuilds pixels.
+coded as round(y - mean) under those rows, moved where the package's refinement
+hints find that cheaper; the decoder graph rebuilds pixels.
 Quality 1-100 moves continuously between the model's trained rate levels
 through per-channel gains.
 """
@@ -13,6 +14,7 @@ through per-channel gains.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
@@ -26,6 +28,7 @@ LATENT_CLIP = 127
 ALIGN = 64    # tiles are padded to multiples of this (one hyper-latent); lossy tile sizes are multiples
 MARGIN = 64   # pixels of neighbouring image the encoder sees around a tile (one hyper-latent)
 HALO = 2      # latents of neighbouring tiles the decoder sees: the synthesis reaches 2 latents, no further
+REFINE_SWEEPS = 16  # passes of the encoder's latent refinement, each over one of 4 interleaved latent grids
 _HEAD = struct.Struct("<HHHH")  # z height, z width, y channels, z channels
 
 
@@ -57,11 +60,41 @@ class _Lossy:
                 raise NicError(f"lossy model's rounding hints are malformed (shapes {lam.shape}, {energy.shape}, "
                                "values must be positive)")
             self.log_rdoq_lambda, self.log_energy = np.log(lam), np.log(energy)
+        # refinement hints (FORMAT.md): the encoder moves symbols by the gradient of the
+        # pixel error (the package's refine graph) and the synthesis' coupling
+        self.refines = "refine_lambda" in t
+        if self.refines:
+            lam, energy, coupling = (t[k].astype(np.float64) for k in
+                                     ("refine_lambda", "synthesis_energy", "synthesis_coupling"))
+            m = self.log_gain.shape[1]
+            if lam.shape != (self.levels,) or energy.shape != self.log_gain.shape or \
+                    coupling.shape != (m, m, 3, 3) or "refine" not in package.files or \
+                    not (np.all(lam > 0) and np.all(energy > 0) and np.all(np.isfinite(coupling))):
+                raise NicError(f"lossy model's refinement hints are malformed (shapes {lam.shape}, {energy.shape}, "
+                               f"{coupling.shape}; values must be positive and finite, and a refine graph present)")
+            self.log_refine_lambda, self.log_energy, self.coupling = np.log(lam), np.log(energy), coupling
 
     @cached_property
     def bits(self) -> np.ndarray:
         """(row, symbol) code lengths of the latent tables, for the encoder's rounding."""
         return code_lengths(self.family).astype(np.float32)
+
+    @cached_property
+    def bit_steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat (row * 255 + symbol) change of code length when a symbol moves one step down
+        and one step up (infinite where the step leaves -LATENT_CLIP..LATENT_CLIP), for the
+        refinement."""
+        bits = code_lengths(self.family)
+        down, up = np.full_like(bits, np.inf), np.full_like(bits, np.inf)
+        down[:, 1:] = bits[:, :-1] - bits[:, 1:]
+        up[:, :-1] = bits[:, 1:] - bits[:, :-1]
+        return down.astype(np.float32).ravel(), up.astype(np.float32).ravel()
+
+    @cached_property
+    def coupling_rows(self) -> np.ndarray:
+        """The synthesis coupling as (di, dj, moved channel, affected channel), float32: what a
+        move adds to its neighbours' gradient is one contiguous row."""
+        return np.ascontiguousarray(self.coupling.transpose(2, 3, 1, 0), dtype=np.float32)
 
     def coded(self, rows: np.ndarray) -> np.ndarray | slice:
         """Which of the latents with these table rows are entropy coded."""
@@ -100,12 +133,30 @@ def _lossy_for(package) -> _Lossy:
 
 
 def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    (pred,) = package.graph("hyper").run(["pred"], {"z": z_hat.astype(np.float32)})
+    (pred,) = package.graph("hyper", keep_buffers=True).run(["pred"], {"z": z_hat.astype(np.float32)})
     m = pred.shape[1] // 2
     return pred[0, :m].astype(np.int64), np.clip(pred[0, m:], 0, SCALE_BINS - 1).astype(np.int64)
 
 
-def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray):
+@dataclass
+class TileAnalysis:
+    """What the encoder graph saw of one tile: the tile's latents y and hyper-latents z,
+    and for the refinement the window around it (its pixels padded to multiples of ALIGN,
+    1 on the image's own pixels and 0 on the padding, its latents, where the tile's
+    latents sit among them) and which of the tile's latents it may move: not those next
+    to another tile, which that tile's refinement, working at the same time, also
+    corrects (both would correct the same pixels: a seam)."""
+
+    y: np.ndarray
+    z: np.ndarray
+    window: np.ndarray
+    real: np.ndarray
+    window_y: np.ndarray
+    tile: tuple[slice, slice]
+    movable: np.ndarray
+
+
+def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray) -> TileAnalysis:
     """Latents y and hyper-latents z of one tile, computed with MARGIN pixels of context."""
     h_img, w_img = rgb.shape[:2]
     wx0, wy0, wx1, wy1 = grow_box(box, w_img, h_img, MARGIN)
@@ -118,7 +169,13 @@ def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray):
     zh, zw = -(-(y1 - y0) // ALIGN), -(-(x1 - x0) // ALIGN)
     oy, ox = (y0 - wy0) // ALIGN, (x0 - wx0) // ALIGN
     r = ALIGN // 16
-    return (y[:, :, oy * r:(oy + zh) * r, ox * r:(ox + zw) * r], z[:, :, oy:oy + zh, ox:ox + zw])
+    tile = (slice(oy * r, (oy + zh) * r), slice(ox * r, (ox + zw) * r))
+    real = np.zeros((1, 1, ph, pw), np.float32)
+    real[..., :window.shape[0], :window.shape[1]] = 1
+    movable = np.ones((zh * r, zw * r), bool)
+    movable[:int(y0 > 0)] = movable[zh * r - int(y1 < h_img):] = False
+    movable[:, :int(x0 > 0)] = movable[:, zw * r - int(x1 < w_img):] = False
+    return TileAnalysis(y[:, :, tile[0], tile[1]], z[:, :, oy:oy + zh, ox:ox + zw], image, real, y, tile, movable)
 
 
 def rounded_symbols(lossy: _Lossy, residual: np.ndarray, rows: np.ndarray, quality: int) -> np.ndarray:
@@ -140,19 +197,85 @@ def rounded_symbols(lossy: _Lossy, residual: np.ndarray, rows: np.ndarray, quali
     return np.where(move, smaller, nearest)
 
 
-def encode_tile(package, y: np.ndarray, z: np.ndarray, quality: int) -> bytes:
+def refined_symbols(package, lossy: _Lossy, tile: TileAnalysis, symbols: np.ndarray, mean: np.ndarray,
+                    rows: np.ndarray, quality: int) -> np.ndarray:
+    """Symbols moved one step at a time wherever that lowers bits + λ·255²/3 · (pixel
+    squared error), the trade-off training optimised.  The package's refine graph gives the
+    error's gradient at ``symbols`` once (the neighbouring tiles' latents stand in as
+    their nearest integers); each move then updates its neighbours' gradient through the
+    synthesis coupling (J^T J over 3x3 latents, scaled per level by the synthesis
+    energies), and a second-order term prices the move's own error.  Each of
+    REFINE_SWEEPS sweeps visits one of 4 interleaved latent grids and moves at most one
+    channel per position, so moves that would correct the same pixels do not pile up.
+    Uncoded latents stay 0, and latents next to another tile stay (``TileAnalysis``).
+    As real files on 13 training photos, −6.1 % rate at equal PSNR against plain
+    rounding, −5.4 % against nic-lossy-9's rounding (RUNS.md, session 13)."""
+    _, inv_gain = lossy.gains(quality)
+    coded = rows >= lossy.uncoded_rows
+    symbols = np.where(coded, symbols, 0)  # what the decoder rebuilds there
+    latents = np.round(tile.window_y[0])
+    latents[:, tile.tile[0], tile.tile[1]] = symbols + mean
+    (grad,) = package.graph("refine", keep_buffers=True).run(["gradient"], {
+        "latents": latents[None], "inv_gain": inv_gain[None, :, None, None], "image": tile.window,
+        "weight": tile.real})
+    weight = lossy.between_levels(lossy.log_refine_lambda, quality) * 255 ** 2 / 3
+    scale = np.sqrt(lossy.between_levels(lossy.log_energy, quality)) * inv_gain
+    own = (weight * scale ** 2).astype(np.float32)
+    # channel last from here: each move reads and updates contiguous rows of M values
+    coupling = lossy.coupling_rows * np.float32(2 * weight) * (scale[:, None] * scale[None, :]).astype(np.float32)
+
+    def channel_last(a: np.ndarray, dtype) -> np.ndarray:
+        return np.ascontiguousarray(a.transpose(1, 2, 0), dtype=dtype)
+
+    g = channel_last(weight * grad[0][:, tile.tile[0], tile.tile[1]], np.float32)
+    sym = channel_last(symbols, np.int64)
+    table = channel_last(rows * (2 * LATENT_CLIP + 1) + LATENT_CLIP, np.intp)
+    frozen = channel_last(~coded | ~tile.movable[None], bool)
+    down, up = lossy.bit_steps
+    h, w, _ = sym.shape
+    for sweep in range(REFINE_SWEEPS):
+        pi, pj = divmod(sweep % 4, 2)
+        grid = (slice(pi, None, 2), slice(pj, None, 2))
+        at = table[grid] + sym[grid]
+        cost_down = np.take(down, at) - g[grid] + own
+        cost_up = np.take(up, at) + g[grid] + own
+        step = np.where(cost_up < cost_down, 1, -1)
+        cost = np.minimum(cost_down, cost_up)
+        cost[frozen[grid]] = np.inf
+        channel = np.argmin(cost, axis=2)
+        gi, gj = np.nonzero(np.take_along_axis(cost, channel[..., None], 2)[..., 0] < 0)
+        if not len(gi):
+            continue
+        ch = channel[gi, gj]
+        d = step[gi, gj, ch]
+        ti, tj = gi * 2 + pi, gj * 2 + pj
+        sym[ti, tj, ch] += d
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                ai, aj = ti + di, tj + dj
+                ok = (ai >= 0) & (ai < h) & (aj >= 0) & (aj < w)
+                g[ai[ok], aj[ok]] += coupling[1 + di, 1 + dj, ch[ok]] * d[ok, None]
+    symbols = sym.transpose(2, 0, 1)
+    return symbols
+
+
+def encode_tile(package, tile: TileAnalysis, quality: int) -> bytes:
     """Entropy-code one tile's latents (from ``_analyse``) at ``quality``."""
     lossy = _lossy_for(package)
-    z_hat = np.clip(np.round(z), -LATENT_CLIP, LATENT_CLIP).astype(np.int64)
+    z_hat = np.clip(np.round(tile.z), -LATENT_CLIP, LATENT_CLIP).astype(np.int64)
     mean8, rows = _hyper(package, z_hat)
-    sym_y = rounded_symbols(lossy, y[0] - mean8.astype(np.float32) / (1 << MEAN_BITS), rows, quality).ravel()
+    mean = mean8.astype(np.float32) / (1 << MEAN_BITS)
+    sym_y = rounded_symbols(lossy, tile.y[0] - mean, rows, quality)
+    if lossy.refines:
+        sym_y = refined_symbols(package, lossy, tile, sym_y, mean, rows, quality)
+    sym_y = sym_y.ravel()
     rows = rows.ravel()
     coded = lossy.coded(rows)
     z_rows = np.broadcast_to(lossy.z_table_rows(quality)[:, None, None], z_hat.shape[1:]).ravel()
     enc = entropy.Encoder()
     enc.add_grouped(lossy.models, z_rows, z_hat[0].ravel() + LATENT_CLIP)
     enc.add_grouped(lossy.models, rows[coded], sym_y[coded] + LATENT_CLIP)
-    return _HEAD.pack(z_hat.shape[2], z_hat.shape[3], y.shape[1], z_hat.shape[1]) + enc.finish()
+    return _HEAD.pack(z_hat.shape[2], z_hat.shape[3], tile.y.shape[1], z_hat.shape[1]) + enc.finish()
 
 
 def encode_layer(package, pixels: np.ndarray, boxes: list, quality: int, workers: int) -> list[bytes]:
@@ -163,8 +286,7 @@ def encode_layer(package, pixels: np.ndarray, boxes: list, quality: int, workers
     gain, _ = _lossy_for(package).gains(quality)
 
     def one(box):
-        y, z = _analyse(package, rgb, box, gain)
-        return encode_tile(package, y, z, quality)
+        return encode_tile(package, _analyse(package, rgb, box, gain), quality)
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, boxes))

@@ -86,10 +86,10 @@ def test_corrupt_lossy_payload_with_valid_checksum(crop):
     its garbage ends with words left over depends on the model and image; the container's
     checksums are what catch damage.)"""
     package = models.default_model("lossy")
-    y, z = lossy._analyse(package, crop, (0, 0, crop.shape[1], crop.shape[0]), lossy._lossy_for(package).gains(50)[0])
-    payload = lossy.encode_tile(package, y, z, 50)
+    tile = lossy._analyse(package, crop, (0, 0, crop.shape[1], crop.shape[0]), lossy._lossy_for(package).gains(50)[0])
+    payload = lossy.encode_tile(package, tile, 50)
     shape = crop.shape[:2]
-    assert lossy.decode_latents(package, payload, shape, 50, 0).shape[2:] == y.shape[2:]
+    assert lossy.decode_latents(package, payload, shape, 50, 0).shape[2:] == tile.y.shape[2:]
     with pytest.raises(pillow_nic.NicError):
         lossy.decode_latents(package, payload[:6], shape, 50, 0)
     with pytest.raises(pillow_nic.NicError):
@@ -207,6 +207,7 @@ class _WithTables:
     def __init__(self, package, without: tuple[str, ...] = (), **tables):
         self.package = package
         self.runtime = package.runtime
+        self.files = package.files
         self.tables = {k: v for k, v in dict(package.tables, **tables).items() if k not in without}
 
     def graph(self, role: str, keep_buffers: bool = False):
@@ -217,13 +218,12 @@ def test_latents_in_uncoded_rows_are_zero_and_cost_nothing(crop):
     """With ``uncoded_rows`` the latents predicted in the lowest table rows are not coded:
     they decode as their mean exactly, every other latent decodes as before, and the
     payload is no larger."""
-    package = models.default_model("lossy")
-    tile = crop[:128, :192]
+    package = _WithTables(models.default_model("lossy"), without=REFINE_HINTS, uncoded_rows=np.int32(0))
     gain, _ = lossy._lossy_for(package).gains(100)
-    y, z = lossy._analyse(package, tile, (0, 0, 192, 128), gain)
-    mean8, rows = lossy._hyper(package, np.clip(np.round(z), -127, 127).astype(np.int64))
+    tile = lossy._analyse(package, crop[:128, :192], (0, 0, 192, 128), gain)
+    mean8, rows = lossy._hyper(package, np.clip(np.round(tile.z), -127, 127).astype(np.int64))
     skipping = _WithTables(package, uncoded_rows=np.int32(5))
-    coded = [lossy.encode_tile(p, y, z, 100) for p in (package, skipping)]
+    coded = [lossy.encode_tile(p, tile, 100) for p in (package, skipping)]
     full, skipped = (lossy.decode_latents(p, d, (128, 192), 100, 0)[0].astype(np.float32)
                      for p, d in zip((package, skipping), coded))
     uncoded = rows < 5
@@ -241,17 +241,24 @@ def test_uncoded_rows_outside_the_table_family_are_refused(value):
 
 
 HINTS = ("rdoq_lambda", "synthesis_energy")
+REFINE_HINTS = ("refine_lambda", "synthesis_energy", "synthesis_coupling")
+
+
+def _released(name: str):
+    entry = next(e for e in models.registered() if e["name"] == name)
+    return models.package_by_hash(entry["hash"], "onnxruntime")
 
 
 def test_optimised_rounding_moves_symbols_one_step_toward_zero_and_saves_bits(crop):
-    """With the package's rounding hints (FORMAT.md, encoder hints) some nonzero symbols
-    move one step toward zero, no other symbol changes, each move lowers the tile's
+    """With a package's rounding hints (FORMAT.md, encoder hints; nic-lossy-9) some nonzero
+    symbols move one step toward zero, no other symbol changes, each move lowers the tile's
     bits + weighted squared error, and the payload shrinks; it still decodes."""
-    package = models.default_model("lossy")
+    package = _released("nic-lossy-9")
     hinted = lossy._lossy_for(package)
-    assert hinted.optimised_rounding, "the default lossy package carries rounding hints"
-    tile, quality = crop[:128, :192], 60
-    y, z = lossy._analyse(package, tile, (0, 0, 192, 128), hinted.gains(quality)[0])
+    assert hinted.optimised_rounding and not hinted.refines
+    quality = 60
+    tile = lossy._analyse(package, crop[:128, :192], (0, 0, 192, 128), hinted.gains(quality)[0])
+    y, z = tile.y, tile.z
     mean8, rows = lossy._hyper(package, np.clip(np.round(z), -127, 127).astype(np.int64))
     residual = y[0] - mean8 / 8
     nearest = np.clip(np.round(residual), -127, 127).astype(np.int64)
@@ -267,7 +274,7 @@ def test_optimised_rounding_moves_symbols_one_step_toward_zero_and_saves_bits(cr
 
     assert cost(chosen) < cost(nearest)
     plain = _WithTables(package, without=HINTS)
-    payloads = [lossy.encode_tile(p, y, z, quality) for p in (package, plain)]
+    payloads = [lossy.encode_tile(p, tile, quality) for p in (package, plain)]
     assert len(payloads[0]) < len(payloads[1])
     decoded = lossy.decode_latents(package, payloads[0], (128, 192), quality, 0)[0].astype(np.float32)
     coded = rows >= hinted.uncoded_rows
@@ -277,6 +284,77 @@ def test_optimised_rounding_moves_symbols_one_step_toward_zero_and_saves_bits(cr
 @pytest.mark.parametrize("change", [dict(rdoq_lambda=np.ones(3, np.float32)),
                                     dict(synthesis_energy=np.zeros((6, 192), np.float32))])
 def test_malformed_rounding_hints_are_refused(change):
-    package = _WithTables(models.default_model("lossy"), **change)
+    package = _WithTables(_released("nic-lossy-9"), **change)
     with pytest.raises(pillow_nic.NicError, match="rounding hints"):
+        lossy._Lossy(package)
+
+
+def _squared_error(package, latents: np.ndarray, inv_gain: np.ndarray, image: np.ndarray) -> float:
+    (x_hat,) = package.graph("decoder").run(["image"], {"latents": latents.astype(np.float32),
+                                                         "inv_gain": inv_gain[None, :, None, None]})
+    return float(((x_hat.astype(np.float64) - image) ** 2).sum())
+
+
+def test_refine_graph_is_the_gradient_of_the_decoders_squared_error(crop):
+    """The package's refine graph (FORMAT.md, encoder hints) matches central differences of
+    the decoder graph's squared error on real latents."""
+    package = models.default_model("lossy")
+    hinted = lossy._lossy_for(package)
+    assert hinted.refines, "the default lossy package carries refinement hints"
+    quality = 60
+    gain, inv_gain = hinted.gains(quality)
+    tile = lossy._analyse(package, crop[:64, :64], (0, 0, 64, 64), gain)
+    latents = np.round(tile.window_y)
+    (grad,) = package.graph("refine").run(["gradient"], {
+        "latents": latents, "inv_gain": inv_gain[None, :, None, None], "image": tile.window,
+        "weight": np.ones_like(tile.real)})
+    rng = np.random.default_rng(3)
+    strongest = np.argsort(np.abs(grad).ravel())[::-1][:20]
+    for flat in rng.choice(strongest, 6, replace=False):
+        step = np.zeros(latents.size, np.float32)
+        step[flat] = 0.05
+        step = step.reshape(latents.shape)
+        numeric = (_squared_error(package, latents + step, inv_gain, tile.window)
+                   - _squared_error(package, latents - step, inv_gain, tile.window)) / 0.1
+        assert numeric == pytest.approx(grad.ravel()[flat], rel=0.05)
+
+
+def test_refinement_moves_coded_symbols_and_lowers_rate_plus_error(crop):
+    """The refinement moves some coded symbols, each by at most one step per visit, leaves
+    the uncoded ones 0; measured by real decoding, bits + λ·255²/3·squared error falls
+    against the same package without refinement hints, and the payload decodes to the
+    refined symbols."""
+    package = models.default_model("lossy")
+    hinted = lossy._lossy_for(package)
+    plain = _WithTables(package, without=REFINE_HINTS)
+    quality = 60
+    gain, inv_gain = hinted.gains(quality)
+    tile = lossy._analyse(package, crop[:128, :192], (0, 0, 192, 128), gain)
+    mean8, rows = lossy._hyper(package, np.clip(np.round(tile.z), -127, 127).astype(np.int64))
+    mean = mean8.astype(np.float32) / 8
+    nearest = lossy.rounded_symbols(lossy._lossy_for(plain), tile.y[0] - mean, rows, quality)
+    refined = lossy.refined_symbols(package, hinted, tile, nearest, mean, rows, quality)
+    coded = rows >= hinted.uncoded_rows
+    moved = (refined != nearest) & coded
+    assert moved.sum() > 10 and not refined[~coded].any()
+    assert np.abs(refined - nearest).max() <= lossy.REFINE_SWEEPS // 4
+    image = tile.window[..., :128, :192]
+    weight = hinted.between_levels(hinted.log_refine_lambda, quality) * 255 ** 2 / 3
+
+    def cost(payload: bytes) -> float:
+        latents = lossy.decode_latents(package, payload, (128, 192), quality, 0).astype(np.float32)
+        return 8 * len(payload) + weight * _squared_error(package, latents, inv_gain, image)
+
+    payloads = [lossy.encode_tile(p, tile, quality) for p in (package, plain)]
+    assert cost(payloads[0]) < cost(payloads[1])
+    decoded = lossy.decode_latents(package, payloads[0], (128, 192), quality, 0)[0].astype(np.float32)
+    np.testing.assert_array_equal(decoded[coded], (refined + mean)[coded])
+
+
+@pytest.mark.parametrize("change", [dict(refine_lambda=np.ones(3, np.float32)),
+                                    dict(synthesis_coupling=np.full((192, 192, 3, 3), np.nan, np.float32)),
+                                    dict(synthesis_energy=-np.ones((6, 192), np.float32))])
+def test_malformed_refinement_hints_are_refused(change):
+    package = _WithTables(models.default_model("lossy"), **change)
+    with pytest.raises(pillow_nic.NicError, match="refinement hints"):
         lossy._Lossy(package)

@@ -4,8 +4,12 @@
 * ``hyper``: integer hyper-latents -> [latent means in 1/8 units, table rows]
   (integer-exact; checked against pillow_nic.intnet's contract before export)
 * ``decoder``: dequantised latents and inverse gain -> image
+  (its transposed convolutions in their sub-pixel form)
+* ``refine`` (encoder only): dequantised latents, inverse gain, target image and pixel
+  weights -> gradient of the weighted squared error with respect to the latents
 * ``tables``: Gaussian table family (radius 127), z table rows per rate level, gains, and
-  the encoder's rounding hints (rate-distortion trade-off and synthesis energy per level)
+  the encoder's refinement hints (rate-distortion trade-off and synthesis energy per
+  level, synthesis coupling)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,11 +34,7 @@ from lossy_ceiling import central_crops  # noqa: E402
 from run import TRAINING_PHOTOS  # noqa: E402
 from train_lossy import Codec, latent_tables, load_codec  # noqa: E402
 
-#: the encoder's rounding trades bits against λ times this much squared error: the moves of
-#: neighbouring latents add up in the pixels, which the per-latent estimate leaves out
-#: (tuned on the training photos, RUNS.md session 12: 5 to 7 best, 3 and 20 far worse)
-ROUNDING_LAMBDA_FACTOR = 6.0
-ENERGY_PHOTOS = 3  # central crops of training photos the synthesis energies are measured on
+ENERGY_PHOTOS = 3  # central crops of training photos the synthesis energies and coupling are measured on
 
 
 class Encoder(nn.Module):
@@ -46,13 +47,99 @@ class Encoder(nn.Module):
         return y, self.codec.hyper_analysis(y)
 
 
+class SubpixelConvTranspose(nn.Module):
+    """A transposed convolution of kernel 2s, stride s and padding s/2 as the same sums in
+    another order: a 2x2 convolution (padding 1) to s*s times the channels, depth to space,
+    and s/2 pixels cropped.  ONNX Runtime runs it without the transposed convolution's
+    overlapping scatter-add (RUNS.md, session 13).  The integer hyper-synthesis keeps its
+    transposed convolutions, which run faster there.
+    Output pixel s*q + r - s/2 draws on inputs q - 1 + a (a = 0, 1) through kernel tap
+    s*(1 - a) + r."""
+
+    def __init__(self, layer: nn.ConvTranspose2d):
+        super().__init__()
+        (s, _), (p, _) = layer.stride, layer.padding
+        if layer.stride != (s, s) or layer.kernel_size != (2 * s, 2 * s) or layer.padding != (p, p) or 2 * p != s:
+            raise ValueError(f"no sub-pixel form for kernel {layer.kernel_size}, stride {layer.stride}, "
+                             f"padding {layer.padding}")
+        w = layer.weight.detach()  # (in, out, k, k): tap s*j + r, j = 1 - a
+        cin, cout = w.shape[:2]
+        taps = w.reshape(cin, cout, 2, s, 2, s).flip(2, 4)  # (in, out, a, ry, b, rx)
+        self.weight = nn.Parameter(taps.permute(1, 3, 5, 0, 2, 4).reshape(cout * s * s, cin, 2, 2).contiguous())
+        self.bias = nn.Parameter(layer.bias.detach().repeat_interleave(s * s))
+        self.stride, self.crop = s, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, padding=1), self.stride)
+        end = self.stride - self.crop
+        return h[:, :, self.crop:-end, self.crop:-end]
+
+
+def subpixel(layers: nn.Sequential) -> nn.Sequential:
+    """``layers`` with each transposed convolution in its sub-pixel form."""
+    return nn.Sequential(*[SubpixelConvTranspose(layer) if isinstance(layer, nn.ConvTranspose2d) else layer
+                           for layer in layers])
+
+
 class Decoder(nn.Module):
     def __init__(self, codec: Codec):
         super().__init__()
-        self.codec = codec
+        self.synthesis = subpixel(codec.synthesis)
 
     def forward(self, latents: torch.Tensor, inv_gain: torch.Tensor):
-        return torch.clamp(self.codec.synthesise(latents * inv_gain), 0, 1)
+        return torch.clamp(self.synthesis(latents * inv_gain), 0, 1)
+
+
+class SynthesisGradient(nn.Module):
+    """The encoder's refinement graph: the gradient, with respect to the dequantised latents
+    (before the inverse gain), of the weighted squared error of the clamped synthesis against
+    a target image, sum(weight * (clamp(x_hat, 0, 1) - image)**2), written out as the
+    synthesis followed by its adjoint (a transposed convolution's adjoint is the convolution
+    with the same weights), so plain ONNX operators compute it.  For the released synthesis
+    layout: transposed convolution, inverse GDN, transposed convolution."""
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        first, gdn, last = codec.synthesis
+        if not (isinstance(first, nn.ConvTranspose2d) and getattr(gdn, "inverse", False)
+                and isinstance(last, nn.ConvTranspose2d)):
+            raise ValueError("the refinement graph is written for a direct synthesis "
+                             "(transposed convolution, inverse GDN, transposed convolution)")
+        self.first, self.gdn, self.last = first, gdn, last
+        with torch.no_grad():  # constants of the graph, not operators on its weights
+            self.register_buffer("gamma", gdn.gamma.abs().clone())
+            self.register_buffer("gamma_t", gdn.gamma.abs().transpose(0, 1).contiguous())
+            self.register_buffer("beta", gdn.beta.abs() + 1e-6)
+
+    @staticmethod
+    def _adjoint(grad: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Tensor:
+        return F.conv2d(grad, layer.weight, stride=layer.stride, padding=layer.padding)
+
+    def forward(self, latents: torch.Tensor, inv_gain: torch.Tensor, image: torch.Tensor,
+                weight: torch.Tensor) -> torch.Tensor:
+        a = self.first(latents * inv_gain)
+        norm = F.conv2d(a.abs(), self.gamma, self.beta)
+        x_hat = self.last(a * norm)
+        inside = (torch.sign(x_hat) + torch.sign(1 - x_hat)) * 0.5  # 1 where the clamp passes
+        err = 2 * weight * (torch.clamp(x_hat, 0, 1) - image) * inside
+        grad_u = self._adjoint(err, self.last)
+        # u = a * norm(|a|): du_i/da_k = norm_i [i = k] + a_i |gamma_ik| sign(a_k)
+        grad_a = grad_u * norm + torch.sign(a) * F.conv2d(grad_u * a, self.gamma_t)
+        return self._adjoint(grad_a, self.first) * inv_gain
+
+    def check(self) -> None:
+        """Agrees with autograd on random inputs, or ValueError."""
+        m = self.first.weight.shape[0]
+        latents = (torch.randn(1, m, 6, 5) * 3).round().requires_grad_(True)
+        inv_gain = torch.rand(1, m, 1, 1) + 0.5
+        image, weight = torch.rand(1, 3, 96, 80), (torch.rand(1, 1, 96, 80) > 0.2).float()
+        x_hat = self.last(self.gdn(self.first(latents * inv_gain)))
+        loss = (weight * (torch.clamp(x_hat, 0, 1) - image) ** 2).sum()
+        (expected,) = torch.autograd.grad(loss, latents)
+        with torch.no_grad():
+            got = self(latents, inv_gain, image, weight)
+        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item()):
+            raise ValueError(f"refinement graph disagrees with autograd by {(got - expected).abs().max():.3g}")
 
 
 class IntHyper(nn.Module):
@@ -125,6 +212,37 @@ def synthesis_energy(codec: Codec, x: torch.Tensor, spacing: int = 6) -> np.ndar
     return energy
 
 
+def synthesis_coupling(codec: Codec, x: torch.Tensor, level: int, spacing: int = 6) -> np.ndarray:
+    """(M, M, 3, 3): how a unit change of one latent moves the squared-error gradient of its
+    neighbours, J^T J of the clamped synthesis at the synthesis input (around the codec's own
+    decoded crops ``x`` at ``level``, averaged over impulses ``spacing`` latents apart),
+    normalised to 1 on each channel's own centre: the shape of the coupling, whose scale
+    per level the synthesis energies give.  Beyond one latent it is below 0.5 % of the
+    total (RUNS.md, session 13), so 3x3 neighbourhoods are kept."""
+    codec.coded_rate = True  # the latents as the file codes them
+    with torch.no_grad():
+        y_hat, _, _ = codec.code_latents(codec.analyse(x) * codec.gain[level].abs()[None, :, None, None],
+                                         torch.full((len(x),), level), True)
+        base = y_hat * codec.inv_gain[level].abs()[None, :, None, None]
+    latents = base.clone().requires_grad_(True)
+    out = codec.synthesise(latents)
+    inside = ((out > 0) & (out < 1)).float()
+    m, (h, w) = codec.m, base.shape[2:]
+    sites = torch.zeros(1, 1, h, w)
+    sites[:, :, spacing // 2:h - 1:spacing, spacing // 2:w - 1:spacing] = 1
+    where = sites[0, 0].nonzero()
+    coupling = np.zeros((m, m, 3, 3))
+    for c in range(m):
+        impulse = torch.zeros_like(base)
+        impulse[:, c:c + 1] = sites
+        _, response = torch.func.jvp(codec.synthesise, (base,), (impulse,))
+        (back,) = torch.autograd.grad(out, latents, grad_outputs=inside * response, retain_graph=True)
+        windows = torch.stack([back[:, :, i - 1:i + 2, j - 1:j + 2] for i, j in where.tolist()])
+        coupling[:, c] = windows.sum(dim=(0, 1)).numpy() / (len(where) * len(x))
+    centre = np.sqrt(np.diagonal(coupling[:, :, 1, 1]))
+    return coupling / (centre[:, None, None, None] * centre[None, :, None, None])
+
+
 def export_lossy(run_dir: Path, name: str) -> None:
     codec, state = load_codec(run_dir / "checkpoint.pt")
     cfg, step = state["config"], state["step"]
@@ -148,11 +266,19 @@ def export_lossy(run_dir: Path, name: str) -> None:
     torch.onnx.export(Decoder(codec), (y, gain), tmp / "decoder.onnx", input_names=["latents", "inv_gain"],
                       output_names=["image"], dynamic_axes={"latents": {2: "h", 3: "w"}}, opset_version=17,
                       dynamo=False)
+    refine = SynthesisGradient(codec)
+    refine.check()
+    torch.onnx.export(refine, (y, gain, torch.rand(1, 3, 128, 192), torch.ones(1, 1, 128, 192)), tmp / "refine.onnx",
+                      input_names=["latents", "inv_gain", "image", "weight"], output_names=["gradient"],
+                      dynamic_axes={"latents": {2: "h", 3: "w"}, "image": {2: "H", 3: "W"}, "weight": {2: "H", 3: "W"}},
+                      opset_version=17, dynamo=False)
     hyper = IntHyper(codec)
     hyper.check_exact()
     z = torch.randint(-20, 20, (1, hz, 2, 3)).float()
     torch.onnx.export(hyper, (z,), tmp / "hyper.onnx", input_names=["z"], output_names=["pred"],
                       dynamic_axes={"z": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    crops = central_crops(TRAINING_PHOTOS, ENERGY_PHOTOS)
+    coupling = synthesis_coupling(codec, crops, codec.gain.shape[0] // 2)
     with torch.no_grad():
         z_rows = codec.z_table_rows().numpy()
         family, uncoded_rows = latent_tables()
@@ -162,13 +288,13 @@ def export_lossy(run_dir: Path, name: str) -> None:
                  z_rows=z_rows,
                  log_gain=torch.log(codec.gain.abs()).numpy().astype(np.float32),
                  log_inv_gain=torch.log(codec.inv_gain.abs()).numpy().astype(np.float32),
-                 rdoq_lambda=(ROUNDING_LAMBDA_FACTOR * np.asarray(cfg["lambdas"])).astype(np.float32),
-                 synthesis_energy=synthesis_energy(codec, central_crops(TRAINING_PHOTOS, ENERGY_PHOTOS))
-                 .astype(np.float32))
+                 refine_lambda=np.asarray(cfg["lambdas"], np.float32),
+                 synthesis_energy=synthesis_energy(codec, crops).astype(np.float32),
+                 synthesis_coupling=coupling.astype(np.float32))
     final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").exists() else {}
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     record = dict(config=cfg, step=step, final=final, log_tail=log[-3:],
                   summary=dict(steps=step, val=[r for r in log if "val" in r][-1]["val"], uncoded_rows=uncoded_rows))
-    files = {role: tmp / f"{role}.onnx" for role in ("encoder", "decoder", "hyper")}
+    files = {role: tmp / f"{role}.onnx" for role in ("encoder", "decoder", "hyper", "refine")}
     files["tables"] = tmp / "tables.npz"
     release("lossy-ssim" if cfg.get("distortion") == "msssim" else "lossy", name, files, record)

@@ -100,6 +100,9 @@ CASES = {
     "lossy8_rgb_112x96": ("RGB", 112, 96, dict(lossless=False, quality=35, tile_size=64)),
     # session 12: nic-lossy-9 (nic-lossy-8's networks; the encoder's rate-distortion optimised rounding)
     "lossy9_rgb_96x112": ("RGB", 96, 112, dict(lossless=False, quality=55, tile_size=64)),
+    # session 13: nic-lossy-10 (nic-lossy-8's networks; sub-pixel synthesis graph, the encoder's
+    # latent refinement across four tiles)
+    "lossy10_rgb_128x96": ("RGB", 128, 96, dict(lossless=False, quality=65, tile_size=64)),
 }
 
 #: cases whose pixels are not image_for_mode's: name -> (height, width, seed) -> pixels
