@@ -29,6 +29,10 @@ ALIGN = 64    # tiles are padded to multiples of this (one hyper-latent); lossy 
 MARGIN = 64   # pixels of neighbouring image the encoder sees around a tile (one hyper-latent)
 HALO = 2      # latents of neighbouring tiles the decoder sees: the synthesis reaches 2 latents, no further
 REFINE_SWEEPS = 16  # passes of the encoder's latent refinement, each over one of 4 interleaved latent grids
+#: graphs run on tiles or encoder windows up to this many pixels (a default 512-pixel tile and
+#: its margins) keep ONNX Runtime's buffers between calls (no page faults on fresh buffers:
+#: encoding 10-20 % faster, RUNS.md session 13); larger ones, from a larger tile_size, give them back
+KEPT_WINDOW = (512 + 2 * MARGIN) ** 2
 _HEAD = struct.Struct("<HHHH")  # z height, z width, y channels, z channels
 
 
@@ -133,7 +137,8 @@ def _lossy_for(package) -> _Lossy:
 
 
 def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    (pred,) = package.graph("hyper", keep_buffers=True).run(["pred"], {"z": z_hat.astype(np.float32)})
+    keep = z_hat.shape[2] * z_hat.shape[3] * ALIGN ** 2 <= KEPT_WINDOW
+    (pred,) = package.graph("hyper", keep).run(["pred"], {"z": z_hat.astype(np.float32)})
     m = pred.shape[1] // 2
     return pred[0, :m].astype(np.int64), np.clip(pred[0, m:], 0, SCALE_BINS - 1).astype(np.int64)
 
@@ -164,7 +169,8 @@ def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray) -> TileAnalysis:
     ph, pw = -(-window.shape[0] // ALIGN) * ALIGN, -(-window.shape[1] // ALIGN) * ALIGN
     padded = np.pad(window, ((0, ph - window.shape[0]), (0, pw - window.shape[1]), (0, 0)), mode="edge")
     image = (padded.astype(np.float32) / 255).transpose(2, 0, 1)[None]
-    y, z = package.graph("encoder").run(["y", "z"], {"image": image, "gain": gain[None, :, None, None]})
+    keep = ph * pw <= KEPT_WINDOW
+    y, z = package.graph("encoder", keep).run(["y", "z"], {"image": image, "gain": gain[None, :, None, None]})
     x0, y0, x1, y1 = box
     zh, zw = -(-(y1 - y0) // ALIGN), -(-(x1 - x0) // ALIGN)
     oy, ox = (y0 - wy0) // ALIGN, (x0 - wx0) // ALIGN
@@ -215,7 +221,7 @@ def refined_symbols(package, lossy: _Lossy, tile: TileAnalysis, symbols: np.ndar
     symbols = np.where(coded, symbols, 0)  # what the decoder rebuilds there
     latents = np.round(tile.window_y[0])
     latents[:, tile.tile[0], tile.tile[1]] = symbols + mean
-    (grad,) = package.graph("refine", keep_buffers=True).run(["gradient"], {
+    (grad,) = package.graph("refine", tile.window[0, 0].size <= KEPT_WINDOW).run(["gradient"], {
         "latents": latents[None], "inv_gain": inv_gain[None, :, None, None], "image": tile.window,
         "weight": tile.real})
     weight = lossy.between_levels(lossy.log_refine_lambda, quality) * 255 ** 2 / 3

@@ -45,16 +45,17 @@ class ModelPackage:
     files: dict[str, Path]
     info: dict[str, Any]
     runtime: str
-    _graphs: dict[str, Any] = field(default_factory=dict)
+    _graphs: dict[tuple[str, bool], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def graph(self, role: str, keep_buffers: bool = False):
         """A session for one ONNX graph of the package (cached, thread-safe to run);
-        ``keep_buffers`` as in ``runtime.load``, decided by a role's first use."""
+        ``keep_buffers`` as in ``runtime.load`` (a role may have a session of each kind)."""
         with self._lock:
-            if role not in self._graphs:
-                self._graphs[role] = rt.load(self.files[role], self.runtime, keep_buffers)
-            return self._graphs[role]
+            key = (role, keep_buffers)
+            if key not in self._graphs:
+                self._graphs[key] = rt.load(self.files[role], self.runtime, keep_buffers)
+            return self._graphs[key]
 
     @property
     def tables(self) -> dict[str, np.ndarray]:
