@@ -30,9 +30,13 @@ MARGIN = 64   # pixels of neighbouring image the encoder sees around a tile (one
 HALO = 2      # latents of neighbouring tiles the decoder sees: the synthesis reaches 2 latents, no further
 REFINE_SWEEPS = 16  # passes of the encoder's latent refinement, each over one of 4 interleaved latent grids
 #: graphs run on tiles or encoder windows up to this many pixels (a default 512-pixel tile and
-#: its margins) keep ONNX Runtime's buffers between calls (no page faults on fresh buffers:
-#: encoding 10-20 % faster, RUNS.md session 13); larger ones, from a larger tile_size, give them back
+#: its margins) keep ONNX Runtime's buffers between calls, no page faults on fresh buffers;
+#: larger ones, from a larger tile_size, give them back
 KEPT_WINDOW = (512 + 2 * MARGIN) ** 2
+#: the encoder keeps them only for images up to this size: held buffers make it 1.8x faster
+#: (4.7 MP: 1.25 instead of 0.73 MP/s, peak 620 instead of 296 MB); a larger image gives them
+#: back, so a 48 MP encode stays within 512 MB (RUNS.md, session 13)
+KEPT_IMAGE = 16_000_000
 _HEAD = struct.Struct("<HHHH")  # z height, z width, y channels, z channels
 
 
@@ -136,8 +140,8 @@ def _lossy_for(package) -> _Lossy:
     return _Lossy(package)
 
 
-def _hyper(package, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keep = z_hat.shape[2] * z_hat.shape[3] * ALIGN ** 2 <= KEPT_WINDOW
+def _hyper(package, z_hat: np.ndarray, keep_buffers: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    keep = keep_buffers and z_hat.shape[2] * z_hat.shape[3] * ALIGN ** 2 <= KEPT_WINDOW
     (pred,) = package.graph("hyper", keep).run(["pred"], {"z": z_hat.astype(np.float32)})
     m = pred.shape[1] // 2
     return pred[0, :m].astype(np.int64), np.clip(pred[0, m:], 0, SCALE_BINS - 1).astype(np.int64)
@@ -159,17 +163,19 @@ class TileAnalysis:
     window_y: np.ndarray
     tile: tuple[slice, slice]
     movable: np.ndarray
+    keep_buffers: bool
 
 
 def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray) -> TileAnalysis:
-    """Latents y and hyper-latents z of one tile, computed with MARGIN pixels of context."""
+    """Latents y and hyper-latents z of one tile, computed with MARGIN pixels of context;
+    the graphs keep their buffers where the image and the window are small enough."""
     h_img, w_img = rgb.shape[:2]
     wx0, wy0, wx1, wy1 = grow_box(box, w_img, h_img, MARGIN)
     window = rgb[wy0:wy1, wx0:wx1]
     ph, pw = -(-window.shape[0] // ALIGN) * ALIGN, -(-window.shape[1] // ALIGN) * ALIGN
     padded = np.pad(window, ((0, ph - window.shape[0]), (0, pw - window.shape[1]), (0, 0)), mode="edge")
     image = (padded.astype(np.float32) / 255).transpose(2, 0, 1)[None]
-    keep = ph * pw <= KEPT_WINDOW
+    keep = ph * pw <= KEPT_WINDOW and h_img * w_img <= KEPT_IMAGE
     y, z = package.graph("encoder", keep).run(["y", "z"], {"image": image, "gain": gain[None, :, None, None]})
     x0, y0, x1, y1 = box
     zh, zw = -(-(y1 - y0) // ALIGN), -(-(x1 - x0) // ALIGN)
@@ -181,7 +187,8 @@ def _analyse(package, rgb: np.ndarray, box, gain: np.ndarray) -> TileAnalysis:
     movable = np.ones((zh * r, zw * r), bool)
     movable[:int(y0 > 0)] = movable[zh * r - int(y1 < h_img):] = False
     movable[:, :int(x0 > 0)] = movable[:, zw * r - int(x1 < w_img):] = False
-    return TileAnalysis(y[:, :, tile[0], tile[1]], z[:, :, oy:oy + zh, ox:ox + zw], image, real, y, tile, movable)
+    return TileAnalysis(y[:, :, tile[0], tile[1]], z[:, :, oy:oy + zh, ox:ox + zw], image, real, y, tile, movable,
+                        keep)
 
 
 def rounded_symbols(lossy: _Lossy, residual: np.ndarray, rows: np.ndarray, quality: int) -> np.ndarray:
@@ -221,7 +228,7 @@ def refined_symbols(package, lossy: _Lossy, tile: TileAnalysis, symbols: np.ndar
     symbols = np.where(coded, symbols, 0)  # what the decoder rebuilds there
     latents = np.round(tile.window_y[0])
     latents[:, tile.tile[0], tile.tile[1]] = symbols + mean
-    (grad,) = package.graph("refine", tile.window[0, 0].size <= KEPT_WINDOW).run(["gradient"], {
+    (grad,) = package.graph("refine", tile.keep_buffers).run(["gradient"], {
         "latents": latents[None], "inv_gain": inv_gain[None, :, None, None], "image": tile.window,
         "weight": tile.real})
     weight = lossy.between_levels(lossy.log_refine_lambda, quality) * 255 ** 2 / 3
@@ -269,7 +276,7 @@ def encode_tile(package, tile: TileAnalysis, quality: int) -> bytes:
     """Entropy-code one tile's latents (from ``_analyse``) at ``quality``."""
     lossy = _lossy_for(package)
     z_hat = np.clip(np.round(tile.z), -LATENT_CLIP, LATENT_CLIP).astype(np.int64)
-    mean8, rows = _hyper(package, z_hat)
+    mean8, rows = _hyper(package, z_hat, tile.keep_buffers)
     mean = mean8.astype(np.float32) / (1 << MEAN_BITS)
     sym_y = rounded_symbols(lossy, tile.y[0] - mean, rows, quality)
     if lossy.refines:
