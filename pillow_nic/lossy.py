@@ -268,8 +268,7 @@ def refined_symbols(package, lossy: _Lossy, tile: TileAnalysis, symbols: np.ndar
                 ai, aj = ti + di, tj + dj
                 ok = (ai >= 0) & (ai < h) & (aj >= 0) & (aj < w)
                 g[ai[ok], aj[ok]] += coupling[1 + di, 1 + dj, ch[ok]] * d[ok, None]
-    symbols = sym.transpose(2, 0, 1)
-    return symbols
+    return sym.transpose(2, 0, 1)
 
 
 def encode_tile(package, tile: TileAnalysis, quality: int) -> bytes:
