@@ -358,3 +358,15 @@ def test_malformed_refinement_hints_are_refused(change):
     package = _WithTables(models.default_model("lossy"), **change)
     with pytest.raises(pillow_nic.NicError, match="refinement hints"):
         lossy._Lossy(package)
+
+
+def test_encoder_keeps_onnxruntime_buffers_only_for_images_up_to_the_limit():
+    """Held buffers speed encoding up but cost memory that must stay bounded on very large
+    images (issue 7: 48 MP within 512 MB): above lossy.KEPT_IMAGE pixels the encoder's
+    graphs give their buffers back."""
+    package = models.default_model("lossy")
+    gain = lossy._lossy_for(package).gains(50)[0]
+    side = int(np.sqrt(lossy.KEPT_IMAGE)) + 1
+    large = np.zeros((side, side, 3), np.uint8)
+    assert not lossy._analyse(package, large, (0, 0, 64, 64), gain).keep_buffers
+    assert lossy._analyse(package, large[:512, :512], (0, 0, 64, 64), gain).keep_buffers

@@ -52,12 +52,11 @@ def coded_rate_distortion(model, x: torch.Tensor) -> list[tuple[float, float]]:
     hyper-latents and latents, each costing -log2 of its integer table frequency, latents
     in uncoded rows free and decoded as their mean, table-row offsets applied.  Unlike
     the training estimate, a latent that is always 0 in a narrow row costs nothing."""
-    model.coded_rate = True  # a checkerboard context sees its anchors as coded
     family, uncoded = latent_tables()
     log_p = torch.from_numpy(np.log2(family / family.sum(axis=1, keepdims=True)))
     z_rows = model.z_table_rows()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), model.coded_as_files():  # a checkerboard context sees its anchors as coded
         for level in range(model.gain.shape[0]):
             gain, inv_gain = (g[level].abs()[None, :, None, None] for g in (model.gain, model.inv_gain))
             bits, sq = 0.0, 0.0

@@ -194,9 +194,8 @@ def synthesis_energy(codec: Codec, x: torch.Tensor, spacing: int = 6) -> np.ndar
     summed over colours) of a unit change of one dequantised latent at the synthesis input,
     around real latents: the codec's own decoded crops ``x``, with impulses ``spacing``
     latents apart (beyond the synthesis' reach of 2, so each counts alone)."""
-    codec.coded_rate = True  # the latents as the file codes them
     energy = np.zeros((codec.gain.shape[0], codec.m))
-    with torch.no_grad():
+    with torch.no_grad(), codec.coded_as_files():
         y0 = codec.analyse(x)
         for lv in range(codec.gain.shape[0]):
             level = torch.full((len(x),), lv)
@@ -219,8 +218,7 @@ def synthesis_coupling(codec: Codec, x: torch.Tensor, level: int, spacing: int =
     normalised to 1 on each channel's own centre: the shape of the coupling, whose scale
     per level the synthesis energies give.  Beyond one latent it is below 0.5 % of the
     total (RUNS.md, session 13), so 3x3 neighbourhoods are kept."""
-    codec.coded_rate = True  # the latents as the file codes them
-    with torch.no_grad():
+    with torch.no_grad(), codec.coded_as_files():
         y_hat, _, _ = codec.code_latents(codec.analyse(x) * codec.gain[level].abs()[None, :, None, None],
                                          torch.full((len(x),), level), True)
         base = y_hat * codec.inv_gain[level].abs()[None, :, None, None]

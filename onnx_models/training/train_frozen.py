@@ -45,9 +45,8 @@ def level_rates(model: Codec, latents: torch.Tensor, crops: np.ndarray) -> list[
     """Per level: coded bits per pixel of the latents and PSNR of their crops."""
     out = []
     pixels = latents.shape[2] * latents.shape[3] * 256
-    training_rate, model.coded_rate = model.coded_rate, True
     torch.manual_seed(0)  # the hyper-latents' rate estimate draws noise
-    with torch.no_grad():
+    with torch.no_grad(), model.coded_as_files():
         for lv in range(model.gain.shape[0]):
             bits, sq = 0.0, 0.0
             for i in range(0, len(latents), 16):
@@ -57,7 +56,6 @@ def level_rates(model: Codec, latents: torch.Tensor, crops: np.ndarray) -> list[
                 sq += F.mse_loss(x_hat.clamp(0, 1), images_to_tensor(crops[i:i + 16]), reduction="sum").item()
             out.append(dict(level=lv, bpp=round(bits / (len(latents) * pixels), 4),
                             psnr=round(10 * math.log10(3 * len(latents) * pixels / sq), 3)))
-    model.coded_rate = training_rate
     return out
 
 

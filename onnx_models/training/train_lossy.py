@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,16 @@ class Codec(nn.Module):
         anchors = torch.clamp(qat.ste_floor(symbols + mean + 0.5), -CONTEXT_CLIP, CONTEXT_CLIP) * anchor
         ctx_mean, ctx_log_scale = self.context_parameters(hidden, anchors, quantised)
         return torch.where(anchor, mean, ctx_mean), torch.where(anchor, log_scale, self.offset_rows(ctx_log_scale, level))
+
+    @contextmanager
+    def coded_as_files(self):
+        """For the measurements inside: latents rounded and priced as the file codes them
+        (coded_latents); afterwards the codec's own setting again."""
+        own, self.coded_rate = self.coded_rate, True
+        try:
+            yield self
+        finally:
+            self.coded_rate = own
 
     def symbols(self, residual: torch.Tensor, log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(rounded residuals, their coded bits or None): as coded (coded_latents) for a
