@@ -62,9 +62,8 @@ class _Lossy:
         # rate-distortion optimised (rounded_symbols); decoding never reads them
         self.optimised_rounding = "rdoq_lambda" in t
         if self.optimised_rounding:
-            lam, energy = t["rdoq_lambda"].astype(np.float64), t["synthesis_energy"].astype(np.float64)
-            if lam.shape != (self.levels,) or energy.shape != self.log_gain.shape or \
-                    not (np.all(lam > 0) and np.all(energy > 0)):
+            lam, energy, fits = self._trade_off(t, "rdoq_lambda")
+            if not fits:
                 raise NicError(f"lossy model's rounding hints are malformed (shapes {lam.shape}, {energy.shape}, "
                                "values must be positive)")
             self.log_rdoq_lambda, self.log_energy = np.log(lam), np.log(energy)
@@ -72,15 +71,22 @@ class _Lossy:
         # pixel error (the package's refine graph) and the synthesis' coupling
         self.refines = "refine_lambda" in t
         if self.refines:
-            lam, energy, coupling = (t[k].astype(np.float64) for k in
-                                     ("refine_lambda", "synthesis_energy", "synthesis_coupling"))
+            lam, energy, fits = self._trade_off(t, "refine_lambda")
+            coupling = t["synthesis_coupling"].astype(np.float64)
             m = self.log_gain.shape[1]
-            if lam.shape != (self.levels,) or energy.shape != self.log_gain.shape or \
-                    coupling.shape != (m, m, 3, 3) or "refine" not in package.files or \
-                    not (np.all(lam > 0) and np.all(energy > 0) and np.all(np.isfinite(coupling))):
+            if not fits or coupling.shape != (m, m, 3, 3) or "refine" not in package.files or \
+                    not np.all(np.isfinite(coupling)):
                 raise NicError(f"lossy model's refinement hints are malformed (shapes {lam.shape}, {energy.shape}, "
                                f"{coupling.shape}; values must be positive and finite, and a refine graph present)")
             self.log_refine_lambda, self.log_energy, self.coupling = np.log(lam), np.log(energy), coupling
+
+    def _trade_off(self, t: dict, key: str) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(λ per level from ``key``, synthesis energy per level and channel, whether both
+        have those shapes and are positive): how either kind of encoder hint prices error."""
+        lam, energy = t[key].astype(np.float64), t["synthesis_energy"].astype(np.float64)
+        fits = lam.shape == (self.levels,) and energy.shape == self.log_gain.shape and \
+            bool(np.all(lam > 0) and np.all(energy > 0))
+        return lam, energy, fits
 
     @cached_property
     def bits(self) -> np.ndarray:

@@ -214,14 +214,21 @@ class _WithTables:
         return self.package.graph(role, keep_buffers)
 
 
+def _analysed_tile(package, crop: np.ndarray, quality: int):
+    """The encoder's analysis of the crop's top-left 192x128 as one tile at ``quality``, and
+    its latents' means (1/8 units) and table rows."""
+    gain = lossy._lossy_for(package).gains(quality)[0]
+    tile = lossy._analyse(package, crop[:128, :192], (0, 0, 192, 128), gain)
+    mean8, rows = lossy._hyper(package, np.clip(np.round(tile.z), -127, 127).astype(np.int64))
+    return tile, mean8, rows
+
+
 def test_latents_in_uncoded_rows_are_zero_and_cost_nothing(crop):
     """With ``uncoded_rows`` the latents predicted in the lowest table rows are not coded:
     they decode as their mean exactly, every other latent decodes as before, and the
     payload is no larger."""
     package = _WithTables(models.default_model("lossy"), without=REFINE_HINTS, uncoded_rows=np.int32(0))
-    gain, _ = lossy._lossy_for(package).gains(100)
-    tile = lossy._analyse(package, crop[:128, :192], (0, 0, 192, 128), gain)
-    mean8, rows = lossy._hyper(package, np.clip(np.round(tile.z), -127, 127).astype(np.int64))
+    tile, mean8, rows = _analysed_tile(package, crop, 100)
     skipping = _WithTables(package, uncoded_rows=np.int32(5))
     coded = [lossy.encode_tile(p, tile, 100) for p in (package, skipping)]
     full, skipped = (lossy.decode_latents(p, d, (128, 192), 100, 0)[0].astype(np.float32)
@@ -257,10 +264,8 @@ def test_optimised_rounding_moves_symbols_one_step_toward_zero_and_saves_bits(cr
     hinted = lossy._lossy_for(package)
     assert hinted.optimised_rounding and not hinted.refines
     quality = 60
-    tile = lossy._analyse(package, crop[:128, :192], (0, 0, 192, 128), hinted.gains(quality)[0])
-    y, z = tile.y, tile.z
-    mean8, rows = lossy._hyper(package, np.clip(np.round(z), -127, 127).astype(np.int64))
-    residual = y[0] - mean8 / 8
+    tile, mean8, rows = _analysed_tile(package, crop, quality)
+    residual = tile.y[0] - mean8 / 8
     nearest = np.clip(np.round(residual), -127, 127).astype(np.int64)
     chosen = lossy.rounded_symbols(hinted, residual, rows, quality)
     moved = chosen != nearest
@@ -328,9 +333,8 @@ def test_refinement_moves_coded_symbols_and_lowers_rate_plus_error(crop):
     hinted = lossy._lossy_for(package)
     plain = _WithTables(package, without=REFINE_HINTS)
     quality = 60
-    gain, inv_gain = hinted.gains(quality)
-    tile = lossy._analyse(package, crop[:128, :192], (0, 0, 192, 128), gain)
-    mean8, rows = lossy._hyper(package, np.clip(np.round(tile.z), -127, 127).astype(np.int64))
+    _, inv_gain = hinted.gains(quality)
+    tile, mean8, rows = _analysed_tile(package, crop, quality)
     mean = mean8.astype(np.float32) / 8
     nearest = lossy.rounded_symbols(lossy._lossy_for(plain), tile.y[0] - mean, rows, quality)
     refined = lossy.refined_symbols(package, hinted, tile, nearest, mean, rows, quality)

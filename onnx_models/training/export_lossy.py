@@ -189,18 +189,25 @@ class IntHyper(nn.Module):
             bound = spec["clip_max"] or 0
 
 
+def decoded_latents(codec: Codec, y0: torch.Tensor, level: int) -> torch.Tensor:
+    """The synthesis input a file at ``level`` decodes from the analysis' latents ``y0``:
+    latents gained, coded as the file codes them, inverse-gained."""
+    with codec.coded_as_files():
+        y_hat, _, _ = codec.code_latents(y0 * codec.gain[level].abs()[None, :, None, None],
+                                         torch.full((len(y0),), level), True)
+    return y_hat * codec.inv_gain[level].abs()[None, :, None, None]
+
+
 def synthesis_energy(codec: Codec, x: torch.Tensor, spacing: int = 6) -> np.ndarray:
     """(levels, M): per level and latent channel, the pixel squared error ([0, 1] units,
     summed over colours) of a unit change of one dequantised latent at the synthesis input,
     around real latents: the codec's own decoded crops ``x``, with impulses ``spacing``
     latents apart (beyond the synthesis' reach of 2, so each counts alone)."""
     energy = np.zeros((codec.gain.shape[0], codec.m))
-    with torch.no_grad(), codec.coded_as_files():
+    with torch.no_grad():
         y0 = codec.analyse(x)
         for lv in range(codec.gain.shape[0]):
-            level = torch.full((len(x),), lv)
-            y_hat, _, _ = codec.code_latents(y0 * codec.gain[lv].abs()[None, :, None, None], level, True)
-            latents = y_hat * codec.inv_gain[lv].abs()[None, :, None, None]
+            latents = decoded_latents(codec, y0, lv)
             base = codec.synthesise(latents)
             sites = torch.zeros(1, 1, *latents.shape[2:])
             sites[:, :, spacing // 2::spacing, spacing // 2::spacing] = 1
@@ -218,10 +225,8 @@ def synthesis_coupling(codec: Codec, x: torch.Tensor, level: int, spacing: int =
     normalised to 1 on each channel's own centre: the shape of the coupling, whose scale
     per level the synthesis energies give.  Beyond one latent it is below 0.5 % of the
     total (RUNS.md, session 13), so 3x3 neighbourhoods are kept."""
-    with torch.no_grad(), codec.coded_as_files():
-        y_hat, _, _ = codec.code_latents(codec.analyse(x) * codec.gain[level].abs()[None, :, None, None],
-                                         torch.full((len(x),), level), True)
-        base = y_hat * codec.inv_gain[level].abs()[None, :, None, None]
+    with torch.no_grad():
+        base = decoded_latents(codec, codec.analyse(x), level)
     latents = base.clone().requires_grad_(True)
     out = codec.synthesise(latents)
     inside = ((out > 0) & (out < 1)).float()
